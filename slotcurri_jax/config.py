@@ -1,0 +1,199 @@
+"""The full configuration tree with its defaults.
+
+Every key any part of slotcurri_jax reads is declared here, so a config file
+only overrides values and a misspelt key (in a file or on the command line) is
+an error. Config files under `configs/` start from `default_config()`.
+
+Defaults are SlotCurri on MOVi-C (../shared/SPEC.md §10) unless a comment says
+otherwise. `None` means "derived from other keys" (see `resolve`).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # 'slotcontrast' or 'slotcurri'; SSync is a plug-in switched on by ssync.enabled.
+  c.method = 'slotcurri'
+  c.seed = 0
+
+  # ---------------------------------------------------------------- data
+  c.data = ml_collections.ConfigDict()
+  # synthetic_movi | movi_c | movi_e | ytvis
+  c.data.name = 'movi_c'
+  # TFDS directory. None: gs://kubric-public/tfds for MOVi,
+  # ~/tensorflow_datasets for synthetic_movi and ytvis.
+  c.data.data_dir = ml_collections.FieldReference(None, field_type=str)
+  c.data.resolution = 336  # model input side (square), pixels
+  c.data.train_clip_len = 4  # frames per training clip, chunks at 0, 4, ..., 20
+  c.data.flip_prob = 0.5  # clip-wise horizontal flip (MOVi training only)
+  c.data.shuffle_buffer = 512
+  c.data.batch_size = 128  # global training batch (all hosts together)
+  c.data.eval_batch_size = 16  # global evaluation batch
+  # One-hot channels of the evaluation ground truth, background included
+  # (11 MOVi-C, 24 MOVi-E, 25 YT-VIS). Ids >= this are an error.
+  c.data.max_instances = 11
+  c.data.num_eval_videos = -1  # -1: the whole evaluation split
+  c.data.prefetch = 2  # batches prefetched to device
+  c.data.synthetic = ml_collections.ConfigDict(dict(
+      resolution=128,  # stored frame side of synthetic_movi
+      num_frames=24,
+      min_objects=3,
+      max_objects=10,  # up to 23 (MOVi-E like)
+      difficulty=0.5,  # 0: slow, large, flat-coloured; 1: fast, small, textured
+      num_train=1000,
+      num_validation=64,
+      seed=0,
+  ))
+  c.data.ytvis = ml_collections.ConfigDict(dict(
+      manual_dir='',  # folder with train/JPEGImages and train/instances.json
+      num_heldout=300,  # last videos of the official train split held out
+      prepass_short_side=320,
+      prepass_resize='nearest_exact',  # Q9; 'bicubic' for the textbook pre-pass
+      shuffle_buffer=100,
+  ))
+
+  # ---------------------------------------------------------------- model
+  c.model = ml_collections.ConfigDict()
+  c.model.encoder = ml_collections.ConfigDict(dict(
+      kind='dinov2',  # 'dinov2' (frozen ViT) | 'cnn' (trainable, patch-pixel target)
+      variant='vit_small_patch14',  # | 'vit_base_patch14'
+      weights='',  # path to timm/HF/our-format weights; '' -> default cache path
+      random_init=False,  # explicit opt-in to a random backbone (tests, benchmarks)
+      dtype='float32',  # backbone compute dtype: 'float32' | 'bfloat16'
+      # CNN encoder of the offline demo
+      cnn_patch_size=8,  # pixels per patch side; target = patch pixels (p*p*3)
+      cnn_features=64,
+  ))
+  c.model.slot_dim = 64
+  c.model.max_slots = 11
+  c.model.feature_mlp_hidden = ml_collections.FieldReference(None, field_type=int)
+  c.model.slot_attention = ml_collections.ConfigDict(dict(
+      iters_first=3, iters=2, eps=1e-8,
+      gru_hidden='normed',  # Q2; 'raw' for textbook slot attention
+  ))
+  c.model.predictor = ml_collections.ConfigDict(dict(
+      num_blocks=1, num_heads=4, mlp_ratio=4,
+      logit_scale='reference',  # Q1: logits * sqrt(d_head); 'standard' divides
+  ))
+  c.model.decoder = ml_collections.ConfigDict(dict(hidden=(1024, 1024, 1024)))
+  c.model.compute_dtype = 'float32'  # trainable model: 'float32' | 'bfloat16'
+
+  # ---------------------------------------------------------------- losses
+  c.loss = ml_collections.ConfigDict(dict(
+      mse_weight=1.0,
+      ss_weight=0.5,
+      ss_temperature=0.1,
+      ssim_weight=0.05,  # 0 for SlotContrast
+      contrast_group_size=64,  # Q10: clips per contrastive pool
+  ))
+
+  # ---------------------------------------------------------------- curriculum
+  c.curriculum = ml_collections.ConfigDict(dict(
+      enabled=True,
+      # Explicit schedule: a list of (step, num_slots) with step 0 first. Empty:
+      # [(0, 2), (floor(0.1 s_max), floor(K/2)), (floor(0.25 s_max), K)].
+      schedule=(),
+      stage_fractions=(0.1, 0.25),
+      first_num_slots=2,
+      spawn='perturb',  # 'perturb' (SlotCurri) | 'none' (simple curriculum ablation)
+      spawn_scale=0.2,  # lambda
+      neighbor='cosine_all',  # Q4; 'euclidean_active' for the paper's wording
+      norm_rows='all',  # Q5; 'active'
+      boundary_uses_old_count=True,  # Q6
+      error_window=1,  # steps of slot-wise error averaged before a stage change
+  ))
+
+  # ---------------------------------------------------------------- SSync
+  c.ssync = ml_collections.ConfigDict(dict(
+      enabled=False,
+      tau_merge=0.7,
+      n_bd=1, n_noise=1, n_nbd=1,
+      temperature=1.0,
+      start_fraction=0.3,  # losses switch on at floor(start_fraction * s_max)
+      total_steps=ml_collections.FieldReference(None, field_type=int),  # s_max; None: train.steps
+      bd_weight=1.0,
+      in_weight=1.0,
+      loss='brier',  # Q12; 'ce'
+      reduction='group',  # Q13: mean per contrast group, then over groups; 'global'
+  ))
+
+  # ---------------------------------------------------------------- training
+  c.train = ml_collections.ConfigDict(dict(
+      steps=100_000,
+      learning_rate=8e-4,
+      warmup_steps=2500,
+      decay_end_factor=0.5,  # exponential decay to this fraction at train.steps
+      clip_norm=0.05,
+      log_every_steps=50,
+      eval_every_steps=2500,
+      checkpoint_every_steps=1000,
+      keep_checkpoints=3,
+      image_summaries=4,  # clips shown in mask summaries
+  ))
+
+  # ---------------------------------------------------------------- evaluation
+  c.eval = ml_collections.ConfigDict(dict(
+      rollout='cyclic',  # 'cyclic' (SlotCurri) | 'forward' (SlotContrast, SSync)
+      all_slots=True,  # Q7: evaluate with all max_slots rows in every stage
+      ignore_background=True,
+      ytvis_num_videos=210,  # Q11
+      steps=-1,  # evaluation batches in periodic evaluation; -1: whole split
+  ))
+
+  # ---------------------------------------------------------------- parallelism
+  c.mesh = ml_collections.ConfigDict(dict(
+      data=-1,  # devices on the data axis; -1: all devices / fsdp
+      fsdp=1,
+      # (regex over '/'-joined param paths, PartitionSpec axes tuple); first match wins
+      param_rules=(),
+  ))
+  c.distributed = ml_collections.ConfigDict(dict(
+      coordinator_address='', num_processes=-1, process_id=-1,
+  ))
+  return c
+
+
+VARIANTS = ('slotcurri', 'slotcontrast', 'ssync', 'slotcurri_ssync')
+
+# SPEC §10.2, per dataset: (SlotContrast lr, SlotCurri global batch, SlotCurri contrast pool,
+# SSync tau_merge).
+_PER_DATASET = {
+    'movi_c': dict(slotcontrast_lr=4e-4, slotcurri_batch=128, slotcurri_group=64, tau_merge=0.7),
+    'movi_e': dict(slotcontrast_lr=4e-4, slotcurri_batch=128, slotcurri_group=64, tau_merge=0.65),
+    'ytvis': dict(slotcontrast_lr=8e-4, slotcurri_batch=64, slotcurri_group=32, tau_merge=0.6),
+}
+
+
+def apply_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_collections.ConfigDict:
+  """Set the method-specific values of SPEC §10.2 on a dataset config.
+
+  variant: 'slotcurri' (default) | 'slotcontrast' | 'ssync' (SSync on SlotContrast) |
+  'slotcurri_ssync'. Datasets outside the table (the demo) keep their own lr/batch.
+  """
+  variant = variant or 'slotcurri'
+  if variant not in VARIANTS:
+    raise ValueError(f'unknown variant {variant!r}; choose one of {VARIANTS}')
+  table = _PER_DATASET.get(c.data.name)
+  curri = variant.startswith('slotcurri')
+  c.method = 'slotcurri' if curri else 'slotcontrast'
+  c.curriculum.enabled = curri
+  c.loss.ssim_weight = 0.05 if curri else 0.0
+  c.eval.rollout = 'cyclic' if curri else 'forward'
+  c.ssync.enabled = variant.endswith('ssync')
+  if table is not None:
+    c.ssync.tau_merge = table['tau_merge']
+    if variant == 'slotcontrast':
+      c.train.learning_rate = table['slotcontrast_lr']
+      c.data.batch_size = 64
+      c.loss.contrast_group_size = 64
+    elif variant == 'ssync':
+      c.train.learning_rate = 8e-4
+      c.data.batch_size = 128
+      c.loss.contrast_group_size = 64
+    else:  # SlotCurri, with or without SSync
+      c.train.learning_rate = 8e-4
+      c.data.batch_size = table['slotcurri_batch']
+      c.loss.contrast_group_size = table['slotcurri_group']
+  return c

@@ -1,0 +1,176 @@
+"""Evaluation: rollout (forward or cyclic) -> upsampled decoder masks -> metrics -> JSON.
+
+The protocol of SPEC §12: whole videos, decoder alpha masks bilinearly upsampled
+to the ground-truth resolution before the argmax, video FG-ARI and video mBO as
+the headline numbers, per-frame variants and a fragmentation score beside them.
+Padded examples (filling the last batch) and padded frames (YouTube-VIS videos
+of different lengths) never count.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Iterator
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+from etils import epath
+
+from slotcurri_jax import metrics as metrics_lib
+from slotcurri_jax import parallel
+from slotcurri_jax.data import pipeline
+
+_IMAGENET_MEAN = np.asarray([0.485, 0.456, 0.406], np.float32)
+_IMAGENET_STD = np.asarray([0.229, 0.224, 0.225], np.float32)
+
+
+def make_eval_step(config, model):
+  """eval_step(params, video, active_mask, num_frames) -> dict of
+  pred_ids [B, T, R, R] int32, masks [B, T, K, h, w] and error [B, T, h, w]."""
+  resolution = config.data.resolution
+  rollout = config.eval.rollout
+
+  def eval_step(params, video, active_mask, num_frames):
+    out = model.apply({'params': params}, video, active_mask, rollout=rollout,
+                      num_frames=num_frames)
+    b, t, k, n = out['dec_masks'].shape
+    grid = int(round(math.sqrt(n)))
+    pred_ids = metrics_lib.masks_to_ids(out['dec_masks'], active_mask, (resolution, resolution))
+    error = jnp.mean(jnp.square(out['recon'] - out['targets']), axis=-1)
+    return {'pred_ids': pred_ids,
+            'masks': out['dec_masks'].reshape(b, t, k, grid, grid),
+            'error': error.reshape(b, t, grid, grid)}
+
+  return eval_step
+
+
+def eval_active_mask(config, state) -> jax.Array:
+  """Q7: all max_slots rows in every curriculum stage unless eval.all_slots is off."""
+  if config.eval.all_slots:
+    return jnp.ones((config.model.max_slots,), bool)
+  return state.active_mask
+
+
+def evaluate(config, model, state, mesh, *, workdir: str, writer=None, max_batches: int = -1,
+             batches: Iterator[dict] | None = None) -> dict:
+  """Evaluate `state.params` on the validation split; write JSON (+ figures) under workdir/eval."""
+  step = int(jax.device_get(state.step))
+  active = eval_active_mask(config, state)
+  eval_step = jax.jit(make_eval_step(config, model),
+                      out_shardings=parallel.replicated(mesh))
+  if batches is None:
+    batches = pipeline.eval_iterator(config)
+  scores: dict[str, list[float]] = {}
+  figures: list[np.ndarray] = []
+  num_videos = 0
+  for i, host_batch in enumerate(batches):
+    if 0 <= max_batches <= i:
+      break
+    batch = parallel.host_to_global(host_batch, mesh)
+    out = eval_step(state.params, batch['video'], active, batch['num_frames'])
+    out = jax.device_get(out)
+    full = parallel.global_to_host(batch) if jax.process_count() > 1 else host_batch
+    for b in range(full['video'].shape[0]):
+      if not full['padding_mask'][b]:
+        continue
+      t = int(full['num_frames'][b])
+      pred = out['pred_ids'][b:b + 1, :t]
+      true = full['segmentations'][b:b + 1, :t]
+      _add_video_scores(scores, pred, true, config)
+      num_videos += 1
+      if len(figures) < config.train.image_summaries:
+        figures.append(_clip_figure(full['video'][b, :t], pred[0], true[0],
+                                    out['masks'][b, :t], out['error'][b, :t]))
+  if num_videos == 0:
+    raise ValueError('evaluation saw no video: the validation split is empty or all padding')
+  results = {k: float(np.nanmean(v)) if np.any(np.isfinite(v)) else float('nan')
+             for k, v in scores.items()}
+  results['num_videos'] = num_videos
+  settings = {
+      'dataset': config.data.name, 'step': step, 'resolution': config.data.resolution,
+      'ignore_background': bool(config.eval.ignore_background), 'rollout': config.eval.rollout,
+      'num_videos': num_videos, 'all_slots': bool(config.eval.all_slots),
+      'active_slots': int(np.sum(jax.device_get(active))), 'max_slots': config.model.max_slots,
+      'method': config.method, 'ssync': bool(config.ssync.enabled),
+      'frames': 'whole videos',
+  }
+  _write(workdir, step, results, settings, figures, writer)
+  logging.info('eval step %d: %s', step, results)
+  return results
+
+
+def _add_video_scores(scores: dict, pred: np.ndarray, true: np.ndarray, config) -> None:
+  """pred, true: [1, T, H, W] int ids of one video."""
+  ignore = bool(config.eval.ignore_background)
+  convention = 'ytvis' if config.data.name == 'ytvis' else 'movi'
+  values = {
+      'ari': metrics_lib.fg_ari(pred, true, ignore_background=ignore)[0],
+      'mbo': metrics_lib.mbo(pred, true, ignore_background=ignore)[0],
+      'fragmentation': metrics_lib.fragmentation(pred, true, ignore_background=ignore)[0],
+  }
+  image_ari, ari_counted = metrics_lib.image_fg_ari(pred, true, ignore_background=ignore,
+                                                    convention=convention)
+  image_mbo, mbo_counted = metrics_lib.image_mbo(pred, true, ignore_background=ignore,
+                                                 convention=convention)
+  for k, v in values.items():
+    scores.setdefault(k, []).append(float(v))
+  # Per-frame metrics average over every counted frame of every video.
+  scores.setdefault('image_ari', []).extend(np.asarray(image_ari)[np.asarray(ari_counted)].tolist())
+  scores.setdefault('image_mbo', []).extend(np.asarray(image_mbo)[np.asarray(mbo_counted)].tolist())
+
+
+def _denormalise(video: np.ndarray) -> np.ndarray:
+  """[T, H, W, 3] ImageNet-normalised float -> uint8."""
+  return np.clip((video * _IMAGENET_STD + _IMAGENET_MEAN) * 255.0, 0, 255).astype(np.uint8)
+
+
+def _clip_figure(video, pred, true, masks, error) -> np.ndarray:
+  from slotcurri_jax import visualize
+  frames = _denormalise(np.asarray(video))
+  res = frames.shape[1:3]
+  masks_up = np.asarray(jax.image.resize(masks, masks.shape[:2] + res, 'linear'))
+  error_up = np.asarray(jax.image.resize(error, error.shape[:1] + res, 'nearest'))
+  return visualize.clip_figure(frames, pred, true, masks_up, error_up)
+
+
+def _write(workdir: str, step: int, results: dict, settings: dict, figures: list, writer) -> None:
+  if jax.process_index() != 0:
+    return
+  out_dir = epath.Path(workdir) / 'eval'
+  out_dir.mkdir(parents=True, exist_ok=True)
+  payload = json.dumps({'metrics': results, 'settings': settings}, indent=2)
+  (out_dir / f'metrics_step_{step}.json').write_text(payload)
+  (out_dir / 'metrics_latest.json').write_text(payload)
+  if figures:
+    from slotcurri_jax import visualize
+    fig_dir = out_dir / f'figures_step_{step}'
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    for i, fig in enumerate(figures):
+      visualize.save_png(str(fig_dir / f'clip_{i}.png'), fig)
+  if writer is not None:
+    writer.write_scalars(step, {f'eval/{k}': v for k, v in results.items()})
+    if figures:
+      writer.write_images(step, {f'eval/clip_{i}': f[None] for i, f in enumerate(figures)})
+
+
+def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
+  """Evaluate any saved checkpoint (a workdir, its checkpoints dir or one step dir)."""
+  from slotcurri_jax import checkpoint as checkpoint_lib
+  from slotcurri_jax.models import video_model
+  pipeline.check_available(config, splits=('validation',))
+  mesh = parallel.mesh_from_config(config)
+  model = video_model.build_model(config)
+  params = jax.device_put(checkpoint_lib.load_params(checkpoint, config), parallel.replicated(mesh))
+  step = int(checkpoint_lib.resolve_step_dir(checkpoint).name)
+  state = _EvalState(params=params, step=jnp.asarray(step),
+                     active_mask=jnp.ones((config.model.max_slots,), bool))
+  return evaluate(config, model, state, mesh, workdir=workdir, max_batches=-1)
+
+
+class _EvalState:
+  """The three fields evaluation reads from a TrainState."""
+
+  def __init__(self, params: Any, step: jax.Array, active_mask: jax.Array):
+    self.params, self.step, self.active_mask = params, step, active_mask

@@ -1,0 +1,103 @@
+"""Device mesh, shardings and host-local <-> global array conversion.
+
+The mesh has two axes: 'data' (the batch is split along it) and 'fsdp'
+(parameters may be split along it by rules; the batch is split over both, so
+fsdp devices also do data parallelism). One device is a 1x1 mesh: the same
+code path runs everywhere.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXES = ('data', 'fsdp')  # the batch dimension is split over both axes
+
+
+def create_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A ('data', 'fsdp') mesh over `devices` (default: all devices of all hosts)."""
+  devices = list(jax.devices() if devices is None else devices)
+  if fsdp < 1 or len(devices) % fsdp:
+    raise ValueError(f'mesh.fsdp={fsdp} must be >= 1 and divide the {len(devices)} devices')
+  if data == -1:
+    data = len(devices) // fsdp
+  if data * fsdp != len(devices):
+    raise ValueError(f'mesh.data={data} x mesh.fsdp={fsdp} != {len(devices)} devices')
+  return Mesh(np.asarray(devices).reshape(data, fsdp), ('data', 'fsdp'))
+
+
+def mesh_from_config(config) -> Mesh:
+  return create_mesh(config.mesh.data, config.mesh.fsdp)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dimension split over every device, the rest replicated."""
+  return NamedSharding(mesh, P(DATA_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def num_batch_shards(mesh: Mesh) -> int:
+  return mesh.shape['data'] * mesh.shape['fsdp']
+
+
+def host_to_global(batch: Any, mesh: Mesh) -> Any:
+  """Host-local numpy batch pytree -> global jax.Arrays sharded on the batch axis.
+
+  Each process passes its own `global_batch / process_count` examples; the
+  result has the global batch as leading dimension. Works unchanged with one
+  process.
+  """
+  sharding = batch_sharding(mesh)
+
+  def to_global(x):
+    x = np.asarray(x)
+    local_devices = len(mesh.local_devices)
+    if x.shape[0] % local_devices:
+      raise ValueError(
+          f'host batch of {x.shape[0]} examples does not split over {local_devices} local devices')
+    return jax.make_array_from_process_local_data(sharding, x)
+
+  return jax.tree.map(to_global, batch)
+
+
+def global_to_host(x: Any) -> Any:
+  """Global (possibly multi-host) arrays -> full numpy arrays on every host."""
+  from jax.experimental import multihost_utils
+  if jax.process_count() == 1:
+    return jax.tree.map(np.asarray, x)
+  return multihost_utils.process_allgather(x, tiled=True)
+
+
+def _path_name(path) -> str:
+  parts = []
+  for k in path:
+    parts.append(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))))
+  return '/'.join(parts)
+
+
+def param_specs(params: Any, rules: Sequence[tuple[str, tuple]] = ()) -> Any:
+  """PartitionSpecs for a param pytree: the first rule whose regex matches the
+  '/'-joined path gives the spec; unmatched params are replicated."""
+  compiled = [(re.compile(pattern), tuple(spec)) for pattern, spec in rules]
+
+  def spec_for(path, leaf):
+    name = _path_name(path)
+    for pattern, spec in compiled:
+      if pattern.search(name):
+        if len(spec) > np.ndim(leaf):
+          raise ValueError(f'param rule {pattern.pattern!r} gives {spec} for {name} of shape {np.shape(leaf)}')
+        return P(*spec)
+    return P()
+
+  return jax.tree_util.tree_map_with_path(spec_for, params)
+
+
+def param_shardings(params: Any, mesh: Mesh, rules: Sequence[tuple[str, tuple]] = ()) -> Any:
+  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs(params, rules),
+                      is_leaf=lambda x: isinstance(x, P))
