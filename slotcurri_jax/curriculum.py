@@ -1,0 +1,277 @@
+"""SlotCurri's reconstruction-guided slot curriculum (SPEC §7), as pure jax functions.
+
+The placeholders are one padded array [max_slots, slot_dim] from step 0 plus an active
+mask (SPEC §17.2). A stage change writes children into not-yet-active rows and widens the
+mask; shapes never change, and the slot counts may be traced values, so the train step
+compiles once for every stage.
+
+Timeline of a boundary s_j (j >= 1) of the schedule ((s_0=0, K_0), (s_1, K_1), ...):
+  * step s_j - 1 (last step of stage j-1) trains with K_{j-1} slots; its batch gives the
+    slot-wise error `slot_error` (SPEC §7.3);
+  * at the start of step s_j, `spawn` writes K_j - K_{j-1} children into rows
+    K_{j-1} .. K_j - 1 (SPEC §7.4-7.5);
+  * Q6: step s_j itself still trains with K_{j-1} slots (`boundary_uses_old_count`);
+    step s_j + 1 uses K_j.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+Schedule = tuple[tuple[int, int], ...]
+
+NEIGHBORS = ('cosine_all', 'euclidean_active')
+NORM_ROWS = ('all', 'active')
+MODES = ('perturb', 'none')
+
+
+# --------------------------------------------------------------------------- schedule
+
+def build_schedule(curriculum_config: Any, max_slots: int, total_steps: int) -> Schedule:
+  """The curriculum stages as ((step, num_slots), ...), first step 0 (SPEC §7.1).
+
+  Default (empty `schedule`): counts (first_num_slots, floor(K/2), K) at steps
+  (0, floor(f1 s_max), floor(f2 s_max)) with (f1, f2) = stage_fractions, i.e. MOVi-C
+  2 -> 5 -> 11 at 10k / 25k of 100k. With n fractions the counts are
+  floor(K / 2^(n-k)) for k = 1..n (the reference's rule for n = 2).
+
+  Args:
+    curriculum_config: `config.curriculum` (enabled, schedule, stage_fractions,
+      first_num_slots).
+    max_slots: K = config.model.max_slots.
+    total_steps: s_max = config.train.steps.
+
+  Returns:
+    A tuple of (step, num_slots) with step 0 first; ((0, max_slots),) when disabled.
+
+  Raises:
+    ValueError: steps not strictly increasing from 0, counts decreasing, or a count
+      outside [1, max_slots].
+  """
+  if not curriculum_config.enabled:
+    return ((0, int(max_slots)),)
+  explicit = tuple(curriculum_config.schedule or ())
+  if explicit:
+    schedule = tuple((int(step), int(k)) for step, k in explicit)
+    where = 'config.curriculum.schedule'
+  else:
+    fractions = tuple(curriculum_config.stage_fractions)
+    n = len(fractions)
+    steps = [0] + [int(math.floor(f * total_steps)) for f in fractions]
+    counts = [int(curriculum_config.first_num_slots)] + [
+        max_slots // 2 ** (n - k) for k in range(1, n + 1)]
+    schedule = tuple(zip(steps, counts))
+    where = (f'the default schedule from config.curriculum.stage_fractions={fractions}, '
+             f'first_num_slots={curriculum_config.first_num_slots}, model.max_slots='
+             f'{max_slots} and train.steps={total_steps} (set config.curriculum.schedule '
+             'explicitly or disable the curriculum)')
+  _validate(schedule, max_slots, where)
+  return schedule
+
+
+def _validate(schedule: Schedule, max_slots: int, where: str) -> None:
+  if schedule[0][0] != 0:
+    raise ValueError(f'first stage starts at step {schedule[0][0]}, must be 0 in {where}')
+  for (s0, k0), (s1, k1) in zip(schedule, schedule[1:]):
+    if s1 <= s0:
+      raise ValueError(f'stage steps {s0} then {s1} are not strictly increasing in {where}')
+    if k1 < k0:
+      raise ValueError(f'num_slots={k1} after num_slots={k0} decreases in {where}')
+  for _, k in schedule:
+    if not 1 <= k <= max_slots:
+      raise ValueError(f'num_slots={k} exceeds max_slots={max_slots} in {where}'
+                       if k > max_slots else f'num_slots={k} is below 1 in {where}')
+
+
+def spawn_steps(schedule: Schedule) -> tuple[int, ...]:
+  """Boundary steps s_j, j >= 1: the spawn is applied at the start of step s_j, from the
+  error of step s_j - 1's batch (with Q6, step s_j still trains with the old count)."""
+  return tuple(step for step, _ in schedule[1:])
+
+
+def num_active_slots(step: jax.Array | int, schedule: Schedule,
+                     boundary_uses_old_count: bool = True) -> jax.Array:
+  """Active slot count K(step), an int32 scalar (traceable in `step`).
+
+  boundary_uses_old_count=True (Q6, reference): K_j for s_j < step <= s_{j+1}.
+  False: K_j for s_j <= step < s_{j+1}.
+  """
+  boundaries = jnp.asarray(spawn_steps(schedule), jnp.int32)
+  counts = jnp.asarray([k for _, k in schedule], jnp.int32)
+  step = jnp.asarray(step, jnp.int32)
+  passed = step > boundaries if boundary_uses_old_count else step >= boundaries
+  return counts[jnp.sum(passed.astype(jnp.int32))]
+
+
+def active_mask(num_active: jax.Array | int, max_slots: int) -> jax.Array:
+  """[max_slots] bool: rows 0 .. num_active - 1 are active."""
+  return jnp.arange(max_slots) < num_active
+
+
+# --------------------------------------------------------------------------- error and allocation
+
+def slot_error(dec_masks: jax.Array, recon: jax.Array, targets: jax.Array) -> jax.Array:
+  """Slot-wise reconstruction error mass (SPEC §7.3).
+
+  e_i = mean over (b, t, n) of m[b,t,i,n] * mean_c (recon - target)^2[b,t,n,c]. The
+  normaliser is the number of positions, not sum m: an idle slot gets e_i ~ 0.
+
+  Args:
+    dec_masks: [batch, time, slots, num_patches] decoder alpha masks.
+    recon: [batch, time, num_patches, feat_dim] reconstruction.
+    targets: [batch, time, num_patches, feat_dim] reconstruction target.
+
+  Returns:
+    [slots] float32 errors (0 for inactive slots, whose masks are 0).
+  """
+  per_patch = jnp.mean(jnp.square(recon - targets), axis=-1)
+  return jnp.mean(dec_masks * per_patch[:, :, None, :], axis=(0, 1, 3))
+
+
+def allocate_children(errors: jax.Array, num_parents: jax.Array | int,
+                      num_children: jax.Array | int) -> jax.Array:
+  """Children per parent by largest remainder (SPEC §7.4).
+
+  omega = e / sum(e) over the parents (plain normalisation; uniform when the sum is 0 or
+  not finite, e.g. a lost error buffer), floors of M * omega, then +1 for the
+  M - sum(floors) largest residues, ties to the lower parent index (the reference's sort
+  is unstable; this is our deterministic choice).
+
+  Args:
+    errors: [max_slots] slot-wise errors; rows >= num_parents are ignored.
+    num_parents: active count K_{j-1} (may be traced).
+    num_children: M = K_j - K_{j-1} (may be traced).
+
+  Returns:
+    [max_slots] int32 counts summing to M, zero beyond num_parents.
+  """
+  k_max = errors.shape[0]
+  is_parent = jnp.arange(k_max) < num_parents
+  num_children = jnp.asarray(num_children, jnp.int32)
+  # Errors are non-negative by construction; the clamp keeps a corrupt value from
+  # producing negative counts.
+  e = jnp.where(is_parent, jnp.maximum(errors.astype(jnp.float32), 0.0), 0.0)
+  total = jnp.sum(e)
+  valid = jnp.isfinite(total) & (total > 0)
+  uniform = is_parent / jnp.maximum(jnp.asarray(num_parents, jnp.float32), 1.0)
+  weights = jnp.where(valid, e / jnp.where(valid, total, 1.0), uniform)
+  rho = weights * num_children.astype(jnp.float32)
+  floors = jnp.floor(rho)
+  residue = jnp.where(is_parent, rho - floors, -1.0)
+  remainder = num_children - jnp.sum(floors).astype(jnp.int32)
+  order = jnp.argsort(-residue, stable=True)
+  rank = jnp.zeros((k_max,), jnp.int32).at[order].set(jnp.arange(k_max, dtype=jnp.int32))
+  counts = floors.astype(jnp.int32) + (rank < remainder).astype(jnp.int32)
+  return jnp.where(is_parent, counts, 0)
+
+
+# --------------------------------------------------------------------------- spawn
+
+def _neighbours(p: jax.Array, num_old: jax.Array, neighbor: str) -> jax.Array:
+  """nn(i) for every row, from the pre-spawn placeholders: [max_slots] int32."""
+  k_max = p.shape[0]
+  rows = jnp.arange(k_max)
+  others = rows[:, None] != rows[None, :]
+  hi = jax.lax.Precision.HIGHEST
+  if neighbor == 'cosine_all':
+    # Q4: cosine over all rows, the not-yet-active random rows included.
+    unit = p / jnp.maximum(jnp.linalg.norm(p, axis=-1, keepdims=True), 1e-12)
+    cos = jnp.matmul(unit, unit.T, precision=hi)
+    return jnp.argmax(jnp.where(others, cos, -1e9), axis=-1).astype(jnp.int32)
+  # Paper wording: the nearest active row by Euclidean distance. Active rows are parents,
+  # which the spawn never overwrites, so this choice is the same before and after writes.
+  sq = jnp.sum(jnp.square(p[:, None, :] - p[None, :, :]), axis=-1)
+  candidate = others & (rows[None, :] < num_old)
+  # A lone active row has no active neighbour: fall back to all other rows.
+  candidate = jnp.where(jnp.any(candidate, axis=-1, keepdims=True), candidate, others)
+  return jnp.argmin(jnp.where(candidate, sq, 1e30), axis=-1).astype(jnp.int32)
+
+
+def spawn(placeholders: jax.Array, errors: jax.Array, num_old: jax.Array | int,
+          num_new: jax.Array | int, key: jax.Array, *, scale: float = 0.2,
+          neighbor: str = 'cosine_all', norm_rows: str = 'all', mode: str = 'perturb',
+          directions: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Write K_new - K_old children into rows K_old .. K_new - 1 (SPEC §7.4-7.5).
+
+  For each parent i < num_old with c_i > 0, in index order:
+    d_i   = ||P_i - P_nn(i)|| on the LIVE array (children of earlier parents are seen);
+    mu    = mean_j ||P_j|| + 1e-8 over all rows (Q5), also live;
+    sigma = scale * d_i * ||P_i|| / mu;
+    its children P_i + sigma * u, u uniform on the sphere, go to the next free rows.
+  nn(i) = argmax_{j != i} cos(P_i, P_j) over all rows (Q4), computed once before writes.
+  Parents and rows >= num_new are untouched.
+
+  Args:
+    placeholders: [max_slots, slot_dim] P before the spawn.
+    errors: [max_slots] slot-wise errors (rows >= num_old ignored).
+    num_old: K_{j-1} (may be traced).
+    num_new: K_j, num_old <= num_new <= max_slots (may be traced; not checked).
+    key: PRNG key for the child directions.
+    scale: lambda (config.curriculum.spawn_scale).
+    neighbor: 'cosine_all' (Q4, reference) | 'euclidean_active' (paper).
+    norm_rows: 'all' (Q5, reference) | 'active': mu over rows < num_old plus the
+      children written so far.
+    mode: 'perturb' (SlotCurri) | 'none' (simple curriculum: new rows keep their
+      initialisation; info still describes the perturbation that was skipped).
+    directions: optional [max_slots, slot_dim] unit directions, row r for the r-th
+      child (tests inject the reference draws); otherwise drawn from `key`.
+
+  Returns:
+    (new placeholders [max_slots, slot_dim], info) with info entries
+    counts [max_slots] int32 (children per parent), child_parent [max_slots] int32
+    (parent of row num_old + r, -1 past the last child), nn_idx [max_slots] int32, and
+    distance, mean_norm, sigma [max_slots] float32 (0 for rows without children).
+  """
+  for name, value, choices in (('neighbor', neighbor, NEIGHBORS),
+                               ('norm_rows', norm_rows, NORM_ROWS), ('mode', mode, MODES)):
+    if value not in choices:
+      key_name = 'spawn' if name == 'mode' else name
+      raise ValueError(f'{name}={value!r}; choose one of {choices} '
+                       f'(config.curriculum.{key_name})')
+  k_max, dim = placeholders.shape
+  rows = jnp.arange(k_max, dtype=jnp.int32)
+  num_old = jnp.asarray(num_old, jnp.int32)
+  num_children = jnp.asarray(num_new, jnp.int32) - num_old
+
+  counts = allocate_children(errors, num_old, num_children)
+  ends = jnp.cumsum(counts)
+  child_parent = jnp.where(rows < num_children,
+                           jnp.searchsorted(ends, rows, side='right').astype(jnp.int32), -1)
+  if directions is None:
+    g = jax.random.normal(key, (k_max, dim), jnp.float32)
+    directions = g / jnp.linalg.norm(g, axis=-1, keepdims=True)
+  # Per array row: the parent writing it (-1: none) and its direction.
+  child_of_row = jnp.clip(rows - num_old, 0, k_max - 1)
+  row_parent = jnp.where(rows >= num_old, child_parent[child_of_row], -1)
+  row_direction = directions[child_of_row].astype(placeholders.dtype)
+
+  nn_idx = _neighbours(placeholders, num_old, neighbor)
+  zeros = jnp.zeros((k_max,), jnp.float32)
+
+  def one_parent(i, carry):
+    p, distance, mean_norm, sigma = carry
+    norms = jnp.linalg.norm(p, axis=-1)
+    d = jnp.linalg.norm(p[i] - p[nn_idx[i]])
+    if norm_rows == 'all':
+      mu = jnp.mean(norms) + 1e-8
+    else:
+      live_active = num_old + ends[i] - counts[i]
+      mu = jnp.sum(jnp.where(rows < live_active, norms, 0.0)) / live_active + 1e-8
+    s = scale * d * norms[i] / mu
+    p = jnp.where((row_parent == i)[:, None], p[i] + s * row_direction, p)
+    has = counts[i] > 0
+    return (p, distance.at[i].set(jnp.where(has, d, 0.0)),
+            mean_norm.at[i].set(jnp.where(has, mu, 0.0)),
+            sigma.at[i].set(jnp.where(has, s, 0.0)))
+
+  # Static trip count K_max (parents >= num_old have no children and write nothing).
+  new_p, distance, mean_norm, sigma = jax.lax.fori_loop(
+      0, k_max, one_parent, (placeholders, zeros, zeros, zeros))
+  info = dict(counts=counts, child_parent=child_parent, nn_idx=nn_idx,
+              distance=distance, mean_norm=mean_norm, sigma=sigma)
+  if mode == 'none':
+    new_p = placeholders
+  return new_p, info

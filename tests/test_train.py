@@ -1,0 +1,116 @@
+"""The training step: optimizer, curriculum without recompilation, sharding equivalence."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from slotcurri_jax import parallel
+from slotcurri_jax import train
+from slotcurri_jax import train_state as train_state_lib
+from slotcurri_jax.models import video_model
+
+
+def _fake_batches(config, n, seed=0):
+  rng = np.random.default_rng(seed)
+  r, t = config.data.resolution, config.data.train_clip_len
+  return [{'video': rng.normal(size=(config.data.batch_size, t, r, r, 3)).astype(np.float32)}
+          for _ in range(n)]
+
+
+def _run_steps(config, mesh, batches):
+  model = video_model.build_model(config)
+  state, shardings = train.create_state(config, model, mesh, jax.random.PRNGKey(config.seed))
+  step_fn = train.jit_train_step(config, model, mesh, shardings)
+  history = []
+  for batch in batches:
+    state, metrics = step_fn(state, parallel.host_to_global(batch, mesh))
+    history.append(jax.device_get(metrics))
+  return state, history, step_fn
+
+
+def test_learning_rate_schedule_matches_spec():
+  config = tiny_config()
+  config.train.learning_rate = 8e-4
+  config.train.warmup_steps = 2500
+  config.train.steps = 100_000
+  lr = train_state_lib.learning_rate_schedule(config.train)
+  assert float(lr(0)) == 0.0
+  np.testing.assert_allclose(float(lr(1250)), 4e-4, rtol=1e-6)
+  np.testing.assert_allclose(float(lr(2500)), 8e-4, rtol=1e-6)
+  # SPEC §10.1 values: 7.58e-4 at 10k, 6.82e-4 at 25k, 5.71e-4 at 50k, 4.0e-4 at 100k.
+  for step, expected in [(10_000, 7.58e-4), (25_000, 6.82e-4), (50_000, 5.71e-4), (100_000, 4.0e-4)]:
+    np.testing.assert_allclose(float(lr(step)), expected, rtol=2e-3)
+
+
+def test_frozen_encoder_is_masked_out_of_the_optimizer():
+  config = tiny_config()
+  config.model.encoder.kind = 'dinov2'
+  config.train.warmup_steps = 0
+  params = {'encoder': {'w': jnp.ones(3)}, 'decoder': {'w': jnp.ones(3)}}
+  labels = train_state_lib.param_labels(params, config)
+  assert labels == {'encoder': {'w': 'frozen'}, 'decoder': {'w': 'trainable'}}
+  tx = train_state_lib.make_optimizer(config, params)
+  grads = {'encoder': {'w': jnp.full(3, 100.0)}, 'decoder': {'w': jnp.full(3, 0.1)}}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  assert np.all(np.asarray(updates['encoder']['w']) == 0.0)
+  # Adam's first step is -lr * sign(g) for the trainable part.
+  np.testing.assert_allclose(updates['decoder']['w'], -config.train.learning_rate, rtol=1e-4)
+  config.model.encoder.kind = 'cnn'  # the demo's CNN encoder trains
+  assert train_state_lib.param_labels(params, config)['encoder']['w'] == 'trainable'
+
+
+def test_curriculum_stage_changes_without_recompiling():
+  config = tiny_config()
+  mesh = parallel.create_mesh(devices=jax.devices()[:1])
+  state, history, step_fn = _run_steps(config, mesh, _fake_batches(config, 6))
+  # Q6: the step at a boundary still trains with the old count.
+  assert [int(m['active_slots']) for m in history] == [2, 2, 2, 3, 3, 5]
+  assert step_fn._cache_size() == 1
+  assert int(state.stage) == 2 and bool(np.all(np.asarray(state.active_mask)))
+  assert all(np.isfinite(m['loss_total']) for m in history)
+
+
+def test_inactive_rows_get_exactly_zero_gradient_and_moments():
+  config = tiny_config()
+  config.curriculum.schedule = ((0, 2), (100, 5))
+  config.train.steps = 200
+  mesh = parallel.create_mesh(devices=jax.devices()[:1])
+  model = video_model.build_model(config)
+  state, shardings = train.create_state(config, model, mesh, jax.random.PRNGKey(0))
+  p0 = np.asarray(state.params['initializer']['placeholders'])
+  step_fn = train.jit_train_step(config, model, mesh, shardings)
+  for batch in _fake_batches(config, 4):
+    state, _ = step_fn(state, parallel.host_to_global(batch, mesh))
+  p = np.asarray(state.params['initializer']['placeholders'])
+  assert np.array_equal(p[2:], p0[2:])  # untouched, bit for bit
+  assert not np.allclose(p[:2], p0[:2])
+  moments = [np.asarray(x) for x in jax.tree.leaves(state.opt_state)
+             if getattr(x, 'shape', None) == p.shape]
+  assert moments, 'no Adam moments of the placeholders found'
+  for m in moments:
+    assert np.all(m[2:] == 0.0) and np.any(m[:2] != 0.0)
+
+
+def test_eight_devices_give_the_one_device_losses():
+  config = tiny_config()
+  config.data.batch_size = 8
+  config.loss.contrast_group_size = 4
+  batches = _fake_batches(config, 3, seed=1)
+  _, one, _ = _run_steps(config, parallel.create_mesh(devices=jax.devices()[:1]), batches)
+  _, eight, _ = _run_steps(config, parallel.create_mesh(), batches)
+  for a, b in zip(one, eight):
+    for key in ('loss_total', 'loss_mse', 'loss_ss', 'loss_ssim', 'grad_norm'):
+      np.testing.assert_allclose(a[key], b[key], rtol=2e-5, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize('variant', ['slotcontrast', 'ssync', 'slotcurri_ssync'])
+def test_variants_train_one_step(variant):
+  config = tiny_config(variant)
+  config.train.steps = 1
+  mesh = parallel.create_mesh(devices=jax.devices()[:1])
+  _, history, _ = _run_steps(config, mesh, _fake_batches(config, 1))
+  m = history[0]
+  assert np.isfinite(m['loss_total'])
+  assert ('loss_ssim' in m) == variant.startswith('slotcurri')
+  assert ('loss_bd' in m) == variant.endswith('ssync')
