@@ -1,0 +1,407 @@
+r"""Segment your own video with a trained model: overlay video, per-slot masks, slots.
+
+  python -m slotcurri_jax.infer --config=configs/demo.py --checkpoint=/tmp/slotcurri_demo \
+      --video=clip.mp4 --output_dir=/tmp/clip_slots [--chunk_len=24] [--rollout=forward]
+
+Input: an .mp4 / .webm / .mov / .mkv / .avi video (imageio-ffmpeg), a .gif, one
+.png / .jpg image, or a folder of .png / .jpg frames (natural name order:
+frame_2 before frame_10). Frames must be RGB (an opaque alpha channel is dropped).
+
+Preprocessing, per frame: centre crop to a square of the short side (the same as
+a short-side resize followed by a centre crop), resize to config.data.resolution,
+clamp to [0, 1], ImageNet normalisation. Upsampling uses PyTorch's bicubic
+kernel without antialiasing (jax.image 'cubic-pytorch'), which is what training
+applied to MOVi frames (SPEC §11.2); downsampling a larger video uses Keys'
+cubic with antialiasing, since a plain bicubic would alias.
+
+Long videos run in chunks of --chunk_len frames; the slots are carried across
+chunks (the next chunk starts from Pred(S) of the previous chunk's last frame),
+so a forward rollout in chunks equals one pass over the whole video. With
+--rollout=cyclic the backward pass of SPEC §8 runs within each chunk. All
+config.model.max_slots slots take part (Q7, as in evaluation).
+
+Outputs in --output_dir:
+  overlay.mp4               the frames with one colour per slot (overlay.gif without ffmpeg)
+  summary.png               up to 8 frames: frames, segmentation, each slot's mask, error
+  slot_masks/frame_NNNNN.png  one tiled PNG per frame: a tile per slot showing the frame
+                            through that slot's soft mask, under a bar of the slot's colour
+  masks_and_slots.npz       masks uint8 [T, R, R] slot ids; soft_masks float16 [T, K, h, w]
+                            decoder masks; slots float32 [T, K, D]; active_mask bool [K]; fps
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import pathlib
+import re
+import warnings
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+VIDEO_SUFFIXES = ('.mp4', '.webm', '.mov', '.mkv', '.avi', '.m4v')
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_FPS = 10.0  # for frame folders, which carry no rate
+SUMMARY_FRAMES = 8
+
+
+# --------------------------------------------------------------------------- reading
+
+def _natural_key(name: str) -> list:
+  return [int(part) if part.isdigit() else part.lower() for part in re.split(r'(\d+)', name)]
+
+
+def _first_line(error: Exception) -> str:
+  text = str(error).strip()
+  return f'{type(error).__name__}: {text.splitlines()[0] if text else ""}'
+
+
+def _to_rgb(frame: np.ndarray, source: str) -> np.ndarray:
+  """[H, W, C] uint8 -> [H, W, 3]; opaque RGBA loses its alpha, anything else is an error."""
+  channels = 1 if frame.ndim == 2 else frame.shape[-1]
+  if frame.ndim == 3 and channels == 4 and np.all(frame[..., 3] == 255):
+    frame = frame[..., :3]
+  elif frame.ndim != 3 or channels != 3:
+    raise ValueError(
+        f'{source}: frames have {channels} channel(s) (shape {frame.shape}); the model takes RGB '
+        'frames with 3 channels. Convert the input to RGB first (e.g. ffmpeg -i IN -pix_fmt '
+        'rgb24 OUT.mp4, or save the images as RGB PNG/JPEG without transparency).')
+  if frame.dtype != np.uint8:
+    if np.issubdtype(frame.dtype, np.integer) and frame.max(initial=0) > 255:
+      frame = (frame // 257).astype(np.uint8)  # 16-bit PNG
+    else:
+      frame = frame.astype(np.uint8)
+  return frame
+
+
+def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float | None]:
+  """Decode a video file, a GIF, one image or a folder of frames.
+
+  Returns:
+    frames: uint8 [T, H, W, 3] (every frame of the input, as decoded).
+    fps: the file's frame rate, or None when it has none (folders, images).
+
+  Raises:
+    FileNotFoundError: the path does not exist.
+    ValueError: an empty file or folder, an undecodable file, zero frames, non-RGB
+      frames, or frames of different sizes. Messages name the file.
+  """
+  import imageio.v3 as iio
+  path = pathlib.Path(os.path.expanduser(str(path)))
+  if not path.exists():
+    raise FileNotFoundError(f'video {path} does not exist')
+  if path.is_dir():
+    files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+                   key=lambda p: _natural_key(p.name))
+    if not files:
+      raise ValueError(f'folder {path} holds no frames: expected {"/".join(IMAGE_SUFFIXES)} '
+                       'files (sorted by name)')
+    frames = []
+    for f in files:
+      try:
+        image = iio.imread(f)
+      except Exception as e:  # the image plugins raise many types
+        raise ValueError(f'cannot decode frame {f}: {_first_line(e)}') from e
+      frame = _to_rgb(np.asarray(image), str(f))
+      if frames and frame.shape != frames[0].shape:
+        raise ValueError(f'frame {f} is {frame.shape[1]}x{frame.shape[0]} but {files[0].name} is '
+                         f'{frames[0].shape[1]}x{frames[0].shape[0]}; all frames of a folder '
+                         'must have one size')
+      frames.append(frame)
+    return np.stack(frames), None
+
+  if path.stat().st_size == 0:
+    raise ValueError(f'video {path} is empty (0 bytes)')
+  suffix = path.suffix.lower()
+  fps = None
+  try:
+    if suffix == '.gif':
+      decoded = np.asarray(iio.imread(path, index=None))
+      duration_ms = iio.immeta(path, index=0).get('duration') or 0
+      fps = 1000.0 / duration_ms if duration_ms > 0 else None
+    elif suffix in IMAGE_SUFFIXES:
+      decoded = np.asarray(iio.imread(path))[None]
+    else:  # mp4, webm, ... and anything else ffmpeg may know
+      with warnings.catch_warnings():
+        # jax warns on every fork; ffmpeg's fork is followed by exec at once, which is safe.
+        warnings.filterwarnings('ignore', 'os.fork', RuntimeWarning)
+        decoded = [np.asarray(f) for f in iio.imiter(path, plugin='FFMPEG')]
+        fps = iio.immeta(path, plugin='FFMPEG').get('fps')
+      decoded = np.stack(decoded) if decoded else np.zeros((0, 0, 0, 3), np.uint8)
+  except Exception as e:  # imageio/ffmpeg/Pillow raise OSError, RuntimeError, ValueError, ...
+    raise ValueError(f'cannot decode video {path}: it is corrupt, not a video, or holds no '
+                     f'video frames ({_first_line(e)}). Supported: {", ".join(VIDEO_SUFFIXES)}, '
+                     '.gif, one image, or a folder of frames') from e
+  if len(decoded) == 0:
+    raise ValueError(f'video {path} has no frames')
+  if decoded.ndim == 3 and suffix not in IMAGE_SUFFIXES:  # grayscale GIF: [T, H, W]
+    decoded = decoded[..., None]
+  frames = np.stack([_to_rgb(f, str(path)) for f in decoded])
+  fps = float(fps) if fps and np.isfinite(fps) and fps > 0 else None
+  return frames, fps
+
+
+def check_frame_size(frames: np.ndarray, config, source: str = 'input') -> None:
+  """Raise unless frames [T, H, W, 3] can be resized to the model: each side >= one patch."""
+  from slotcurri_jax.models import encoders
+  patch = encoders.encoder_dims(config)['patch_size']
+  h, w = frames.shape[1:3]
+  if min(h, w) < patch:
+    raise ValueError(f'{source}: frames are {w}x{h} pixels, smaller than the model patch size '
+                     f'{patch}; the model needs frames of at least {patch}x{patch} (ideally '
+                     f'{config.data.resolution}x{config.data.resolution}).')
+
+
+def crop_square(frames: np.ndarray) -> np.ndarray:
+  """Centre crop [T, H, W, C] to [T, S, S, C] with S = min(H, W)."""
+  h, w = frames.shape[1:3]
+  side = min(h, w)
+  top, left = (h - side) // 2, (w - side) // 2
+  return frames[:, top:top + side, left:left + side]
+
+
+def preprocess(frames: jax.Array, resolution: int) -> tuple[jax.Array, jax.Array]:
+  """Square uint8 frames [T, S, S, 3] -> (model input float32 [T, R, R, 3] ImageNet-normalised,
+  display frames uint8 [T, R, R, 3]) with R = resolution (see the module docstring)."""
+  t, side = frames.shape[:2]
+  x = frames.astype(jnp.float32) / 255.0
+  if side != resolution:
+    # cubic-pytorch is only exact without antialiasing; jax switches to Keys' cubic with it.
+    method = 'cubic-pytorch' if resolution > side else 'cubic'
+    x = jax.image.resize(x, (t, resolution, resolution, 3), method=method,
+                         antialias=resolution < side)
+  x = jnp.clip(x, 0.0, 1.0)  # bicubic overshoots; training clamps too
+  display = jnp.round(x * 255.0).astype(jnp.uint8)
+  video = (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+  return video, display
+
+
+# --------------------------------------------------------------------------- model
+
+@functools.partial(jax.jit, static_argnames=('model', 'rollout', 'resolution'))
+def _run_chunk(params, raw, active_mask, length, initial_state, *, model, rollout, resolution):
+  """One chunk: raw uint8 [L, S, S, 3], active_mask [K], length int32 (real frames, the
+  rest is padding), initial_state [1, K, D] or None -> (per-frame outputs, carry [1, K, D]).
+
+  Modules hash by value, so equal models share the compiled function.
+  """
+  from slotcurri_jax import metrics as metrics_lib
+  video, display = preprocess(raw, resolution)
+  out = model.apply({'params': params}, video[None], active_mask, rollout=rollout,
+                    num_frames=length[None], initial_state=initial_state)
+  _, t, k, n = out['dec_masks'].shape
+  grid = math.isqrt(n)
+  ids = metrics_lib.masks_to_ids(out['dec_masks'], active_mask, (resolution, resolution))
+  error = jnp.mean(jnp.square(out['recon'] - out['targets']), axis=-1)
+  # The carry is Pred(S) of the last real frame (padding follows it in the last chunk).
+  carry = jax.lax.dynamic_index_in_dim(out['slots_predicted'], length - 1, axis=1,
+                                       keepdims=False)
+  return {'frames': display, 'ids': ids[0], 'masks': out['dec_masks'][0].reshape(t, k, grid, grid),
+          'slots': out['slots'][0], 'error': error[0].reshape(t, grid, grid)}, carry
+
+
+def segment_video(model, params: Any, frames: np.ndarray, config, chunk_len: int = 24,
+                  rollout: str = 'forward', active_mask: np.ndarray | None = None,
+                  progress: bool = False) -> dict[str, np.ndarray]:
+  """Run the model over a whole video in chunks that carry the slots.
+
+  Args:
+    model: a VideoSlotModel (`video_model.build_model(config)`).
+    params: its params.
+    frames: uint8 [T, H, W, 3] RGB frames of any size (centre-cropped and resized here).
+    config: the config the model was built from (data.resolution is read).
+    chunk_len: frames per model call; the last chunk is padded by repeating its last
+      frame (one compiled shape), and the padding never reaches the real frames.
+    rollout: 'forward' or 'cyclic' (cyclic within each chunk).
+    active_mask: bool [max_slots]; default all slots.
+    progress: show a tqdm bar over chunks.
+
+  Returns (host numpy; R = data.resolution, K = max_slots, h*w = the patch grid):
+    frames uint8 [T, R, R, 3] the preprocessed frames as seen by the model;
+    ids int32 [T, R, R] slot per pixel (bilinear upsampling, then argmax over active slots);
+    masks float32 [T, K, h, w] decoder alpha masks; slots float32 [T, K, D];
+    error float32 [T, h, w] per-patch reconstruction error; active_mask bool [K].
+  """
+  from tqdm import tqdm
+  frames = np.asarray(frames)
+  if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+    raise ValueError(f'frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}')
+  if len(frames) == 0:
+    raise ValueError('frames hold no frame (T = 0)')
+  if chunk_len < 1:
+    raise ValueError(f'chunk_len={chunk_len} must be >= 1')
+  if rollout not in ('forward', 'cyclic'):
+    raise ValueError(f"rollout={rollout!r}; use 'forward' or 'cyclic'")
+  check_frame_size(frames, config)
+  if active_mask is None:
+    active_mask = np.ones((config.model.max_slots,), bool)
+  active = jnp.asarray(active_mask, bool)
+  frames = crop_square(frames)
+  total = len(frames)
+  state = None
+  pieces: list[dict] = []
+  starts = range(0, total, chunk_len)
+  for start in tqdm(starts, total=len(starts), disable=not progress, desc='chunks', unit='chunk'):
+    chunk = frames[start:start + chunk_len]
+    length = len(chunk)
+    if length < chunk_len and start > 0:  # keep the compiled shape of the earlier chunks
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], chunk_len - length, axis=0)])
+    out, state = _run_chunk(params, chunk, active, jnp.asarray(length, jnp.int32), state,
+                            model=model, rollout=rollout, resolution=config.data.resolution)
+    pieces.append({k: v[:length] for k, v in jax.device_get(out).items()})
+  result = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+  result['active_mask'] = np.asarray(active_mask, bool)
+  return result
+
+
+def load_params(path: str | os.PathLike, config) -> Any:
+  """Params from a training workdir / checkpoints dir / step dir (orbax, via
+  `checkpoint.load_params`), or an exported `.msgpack` (flax.serialization) or `.npz`
+  (`encoders.save_params_npz`) params file."""
+  p = pathlib.Path(os.path.expanduser(str(path)))
+  if not p.exists():
+    raise FileNotFoundError(f'checkpoint {p} does not exist')
+  if p.is_file() and p.suffix == '.msgpack':
+    import flax.serialization
+    try:
+      params = flax.serialization.msgpack_restore(p.read_bytes())
+    except Exception as e:
+      raise ValueError(f'cannot read params file {p}: {_first_line(e)}') from e
+    return params['params'] if isinstance(params, dict) and 'params' in params else params
+  if p.is_file() and p.suffix == '.npz':
+    from slotcurri_jax.models import encoders
+    params = encoders.load_params_npz(p)
+    return params['params'] if 'params' in params else params
+  from slotcurri_jax import checkpoint as checkpoint_lib
+  return checkpoint_lib.load_params(str(p), config)
+
+
+def check_params(model, params: Any, config, source: str) -> None:
+  """Raise if params do not have the tree and shapes of `model` (a config mismatch)."""
+  r = config.data.resolution
+  expected = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 1, r, r, 3)),
+                            jnp.ones((config.model.max_slots,), bool))['params']
+  flat_want = {jax.tree_util.keystr(k): v.shape
+               for k, v in jax.tree_util.tree_leaves_with_path(expected)}
+  flat_got = {jax.tree_util.keystr(k): np.shape(v)
+              for k, v in jax.tree_util.tree_leaves_with_path(params)}
+  diffs = [f'{k}: missing' for k in flat_want if k not in flat_got]
+  diffs += [f'{k}: unexpected' for k in flat_got if k not in flat_want]
+  diffs += [f'{k}: {flat_got[k]} vs model {flat_want[k]}' for k in flat_want
+            if k in flat_got and tuple(flat_got[k]) != tuple(flat_want[k])]
+  if diffs:
+    raise ValueError(f'checkpoint {source} does not fit the model of this config '
+                     f'({len(diffs)} differences, e.g. {"; ".join(diffs[:4])}); pass the '
+                     '--config (and overrides) the checkpoint was trained with')
+
+
+# --------------------------------------------------------------------------- outputs
+
+def write_outputs(output_dir: str | os.PathLike, result: dict[str, np.ndarray],
+                  fps: float = DEFAULT_FPS) -> dict[str, str]:
+  """Write the files listed in the module docstring; returns name -> path."""
+  from slotcurri_jax import visualize
+  out = pathlib.Path(output_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  frames, ids, masks = result['frames'], result['ids'], result['masks']
+  t, k = masks.shape[:2]
+  r = frames.shape[1]
+  paths = {}
+  overlay = visualize.overlay(frames, ids, num_colours=k)
+  paths['overlay'] = visualize.save_video(out / 'overlay.mp4', overlay, fps)
+
+  from slotcurri_jax import metrics as metrics_lib
+
+  @jax.jit
+  def upsample(m):  # [T', K, h, w] -> [T', K, R, R], the upsampling behind `ids`
+    return metrics_lib.upsample_masks(m.reshape(1, m.shape[0], k, -1), (r, r))[0]
+
+  mask_dir = out / 'slot_masks'
+  mask_dir.mkdir(exist_ok=True)
+  for stale in mask_dir.glob('frame_*.png'):  # a longer earlier run must not leave extra frames
+    stale.unlink()
+  for i in range(t):
+    tiles = visualize.slot_tiles(frames[i], np.asarray(upsample(masks[i:i + 1]))[0])
+    visualize.save_png(mask_dir / f'frame_{i:05d}.png', tiles)
+  paths['slot_masks'] = str(mask_dir)
+
+  shown = np.unique(np.round(np.linspace(0, t - 1, min(t, SUMMARY_FRAMES))).astype(int))
+  figure = visualize.clip_figure(
+      frames[shown], ids[shown], None, np.asarray(upsample(masks[shown])),
+      np.asarray(jax.image.resize(result['error'][shown], (len(shown), r, r), 'nearest')),
+      max_frames=None, num_colours=k)
+  visualize.save_png(out / 'summary.png', figure)
+  paths['summary'] = str(out / 'summary.png')
+
+  id_dtype = np.uint8 if k <= 256 else np.uint16
+  np.savez_compressed(out / 'masks_and_slots.npz', masks=ids.astype(id_dtype),
+                      soft_masks=masks.astype(np.float16), slots=result['slots'].astype(np.float32),
+                      active_mask=result['active_mask'], fps=np.float32(fps))
+  paths['npz'] = str(out / 'masks_and_slots.npz')
+  return paths
+
+
+def run(config, checkpoint: str, video: str, output_dir: str, chunk_len: int = 24,
+        rollout: str | None = None, fps: float | None = None, params: Any = None) -> dict[str, str]:
+  """Read `video`, segment it with the checkpoint's params, write the outputs.
+
+  params: use these instead of loading `checkpoint` (tests).
+  """
+  from slotcurri_jax.models import video_model
+  rollout = rollout or config.eval.rollout
+  frames, source_fps = read_video(video)
+  check_frame_size(frames, config, source=str(video))
+  model = video_model.build_model(config)
+  if params is None:
+    params = load_params(checkpoint, config)
+    check_params(model, params, config, checkpoint)
+  logging.info('%s: %d frames of %dx%d, %s rollout in chunks of %d', video, len(frames),
+               frames.shape[2], frames.shape[1], rollout, chunk_len)
+  result = segment_video(model, params, frames, config, chunk_len, rollout, progress=True)
+  paths = write_outputs(output_dir, result, fps or source_fps or DEFAULT_FPS)
+  return paths
+
+
+_CONFIG = None  # set in _define_flags (flags are defined only when run as a program)
+
+
+def _define_flags():
+  from ml_collections import config_flags
+  global _CONFIG
+  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
+                                            lock_config=True)
+  flags.DEFINE_string('checkpoint', None, 'Training workdir, checkpoints dir, step dir, or an '
+                      'exported .msgpack/.npz params file.')
+  flags.DEFINE_string('video', None, 'Video file (mp4, webm, gif, ...) or folder of PNG/JPEG.')
+  flags.DEFINE_string('output_dir', None, 'Where the outputs are written.')
+  flags.DEFINE_integer('chunk_len', 24, 'Frames per model call; slots carry across chunks.')
+  flags.DEFINE_enum('rollout', None, ['forward', 'cyclic'], 'Default: config.eval.rollout.')
+  flags.DEFINE_float('fps', None, 'Frame rate of the overlay video; default: the input\'s.')
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  f = flags.FLAGS
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError('--config is required, e.g. --config=configs/demo.py')
+  for name in ('checkpoint', 'video', 'output_dir'):
+    if not f[name].value:
+      raise app.UsageError(f'--{name} is required')
+  paths = run(config, f.checkpoint, f.video, f.output_dir, f.chunk_len, f.rollout, f.fps)
+  print(json.dumps(paths, indent=2))
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)
