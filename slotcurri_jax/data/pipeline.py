@@ -1,0 +1,333 @@
+"""The input pipelines: one entry point for MOVi-C/E, synthetic_movi and YT-VIS.
+
+  check_available(config)          before any compilation: data there, splits non-empty
+  train_iterator(config, start_step=k)  infinite host-local numpy training batches
+  eval_iterator(config)            finite host-local numpy evaluation batches
+  prefetch_to_device(it, mesh, n)  host batches -> global sharded jax.Arrays, n in flight
+
+Determinism. A training batch is a function of (config.seed, process_index,
+step) only, so a job resumed at step k sees exactly the batches the
+uninterrupted job saw from step k on:
+  * the stream is a sequence of epochs over the host's part of the split;
+    epoch e visits the shards in an order drawn from key(seed, process, e), and
+    a shuffle buffer seeded from the same key mixes their records;
+  * element n of the stream (counting over all epochs) gets its chunk offset,
+    flip and crop from stateless ops seeded by key(seed, process, n);
+  * resuming at step k starts at epoch (k B) // N and skips (k B) % N
+    examples of it (B: host batch, N: host examples) before any frame is
+    decoded, so a resume costs at most one epoch of reading and parsing.
+
+Each host reads its own contiguous part of every split (split[a:b]). Records
+that fail to decode are reported with their video name, shard and index.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import math
+from typing import Any, Iterator, Sequence
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from slotcurri_jax import parallel
+from slotcurri_jax.data import movi
+from slotcurri_jax.data import ytvis
+
+EVAL_SPLIT = 'validation'  # MOVi's validation split; YT-VIS's held-out videos
+_MAX_CYCLE = 16  # shards read concurrently
+_STREAM_TRAIN, _STREAM_EPOCH = 1, 2  # fold-in tags of the two random streams
+
+
+# --------------------------------------------------------------------------- datasets
+
+def _module(config):
+  name = config.data.name
+  if name in movi.MOVI_NAMES or name == 'synthetic_movi':
+    return movi
+  if name == 'ytvis':
+    return ytvis
+  raise ValueError(f'config.data.name={name!r}; choose synthetic_movi, movi_c, movi_e or ytvis')
+
+
+def _builder(config) -> tfds.core.DatasetBuilder:
+  """The prepared builder; raises FileNotFoundError with how to get the data."""
+  if config.data.name == 'ytvis':
+    return ytvis.prepare(config)
+  return movi.builder(config)
+
+
+def _processes(process_index, process_count) -> tuple[int, int]:
+  p = jax.process_index() if process_index is None else process_index
+  n = jax.process_count() if process_count is None else process_count
+  if not 0 <= p < n:
+    raise ValueError(f'process_index={p} not in [0, process_count={n})')
+  return p, n
+
+
+def _host_range(total: int, p: int, n: int) -> tuple[int, int]:
+  """Contiguous part p of n of `total` examples; the first total % n parts get one more."""
+  size, extra = divmod(total, n)
+  start = p * size + min(p, extra)
+  return start, start + size + (p < extra)
+
+
+def _num_examples(builder, split: str, config) -> int:
+  splits = builder.info.splits
+  if split not in splits:
+    raise ValueError(f'{config.data.name} in {builder.data_dir} has no split {split!r} '
+                     f'(it has {sorted(splits)}; synthetic_movi leaves out a split of 0 videos)')
+  count = splits[split].num_examples
+  if count == 0:
+    raise ValueError(f'split {split!r} of {config.data.name} in {builder.data_dir} is empty')
+  return count
+
+
+def _eval_count(builder, config) -> int:
+  """Evaluated videos: num_eval_videos (-1: all), and for YT-VIS eval.ytvis_num_videos (Q11)."""
+  count = _num_examples(builder, EVAL_SPLIT, config)
+  limits = [config.data.num_eval_videos]
+  if config.data.name == 'ytvis':
+    limits.append(config.eval.ytvis_num_videos)
+  for limit in limits:
+    if limit is not None and limit >= 0:
+      count = min(count, limit)
+  if count == 0:
+    raise ValueError('config.data.num_eval_videos=0 / eval.ytvis_num_videos=0: nothing to evaluate')
+  return count
+
+
+def check_available(config, splits: Sequence[str] = ('train', 'validation')) -> None:
+  """Raise a clear error unless every split is there and non-empty on this host.
+
+  A missing data_dir or dataset raises FileNotFoundError with the copy command
+  (MOVi) or the download page and folder layout (YT-VIS); synthetic_movi is
+  generated into data_dir instead (a few minutes at most, once).
+  """
+  builder = _builder(config)
+  p, n = _processes(None, None)
+  for split in splits:
+    total = _eval_count(builder, config) if split == EVAL_SPLIT else (
+        _num_examples(builder, split, config))
+    start, stop = _host_range(total, p, n)
+    if split != EVAL_SPLIT and start == stop:
+      raise ValueError(f'split {split!r} has {total} examples, fewer than the {n} processes')
+
+
+# --------------------------------------------------------------------------- records
+
+class _Records:
+  """Examples of split[start:stop] as (shard, index in shard, features).
+
+  `features` are parsed from the tf.train.Example but not decoded (frames stay
+  PNG bytes): parsing keeps only the features the transform needs, so the
+  shuffle buffer holds a video's frames, not MOVi's 5-8 MB of flows and depth.
+  """
+
+  def __init__(self, builder, split: str, start: int, stop: int,
+               decoders: tfds.decode.PartialDecoding):
+    self.builder = builder
+    self.split = f'{split}[{start}:{stop}]'
+    instructions = builder.info.splits[self.split].file_instructions if stop > start else []
+    self.files = [fi.filename for fi in instructions]
+    self.skips = [fi.skip for fi in instructions]
+    self.takes = [fi.take for fi in instructions]
+    self.size = sum(self.takes)
+    features = decoders.extract_features(builder.info.features)
+    self._parse = lambda record: features.deserialize_example(record, decoders=decoders.decoders)
+
+  def _shard(self, i) -> tf.data.Dataset:
+    files, skips, takes = (tf.constant(self.files, tf.string), tf.constant(self.skips, tf.int64),
+                           tf.constant(self.takes, tf.int64))
+    records = tf.data.TFRecordDataset(files[i]).skip(skips[i]).take(takes[i])
+    return records.enumerate(start=skips[i]).map(
+        lambda j, r: (tf.cast(i, tf.int32), j, self._parse(r)))
+
+  def in_order(self) -> tf.data.Dataset:
+    return tf.data.Dataset.range(len(self.files)).flat_map(self._shard)
+
+  def epochs(self, key: tf.Tensor, first_epoch: int, shuffle_buffer: int) -> tf.data.Dataset:
+    """Epochs first_epoch, first_epoch + 1, ... (forever), each freshly shuffled from key."""
+    num_files = len(self.files)
+
+    def epoch(e):
+      epoch_key = tf.random.experimental.stateless_fold_in(key, e)
+      order = tf.random.experimental.stateless_shuffle(
+          tf.range(num_files, dtype=tf.int64), seed=epoch_key)
+      examples = tf.data.Dataset.from_tensor_slices(order).interleave(
+          self._shard, cycle_length=min(num_files, _MAX_CYCLE), block_length=1,
+          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      seed = tf.random.stateless_uniform([], epoch_key, 0, 2**31 - 1, dtype=tf.int64)
+      return examples.shuffle(max(shuffle_buffer, 1), seed=seed)
+
+    return tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch)
+
+  def undecodable(self, shard, index, features, error) -> ValueError:
+    name = features['metadata']['video_name'].numpy().decode()
+    return ValueError(
+        f'undecodable record in {self.split} of {self.builder.data_dir}: video {name!r}, '
+        f'record {int(index)} of {self.files[int(shard)]}: {getattr(error, "message", error)}')
+
+
+def _find_bad_record(records: _Records, stream: tf.data.Dataset, transform, error):
+  """Re-run `transform` eagerly on each element of `stream` (the undecoded
+  elements of the failed batch), raise for the first that fails, else re-raise."""
+  try:
+    for element in stream:
+      try:
+        transform(*element)
+      except tf.errors.OpError as e:
+        raise records.undecodable(*element[-3:], e) from e
+  except tf.errors.OpError as e:  # the shard itself is unreadable
+    raise ValueError(f'reading {records.split} of {records.builder.data_dir} failed: '
+                     f'{e.message}') from e
+  raise error
+
+
+# --------------------------------------------------------------------------- training
+
+def train_iterator(config, *, start_step: int = 0, process_index: int | None = None,
+                   process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Infinite host-local training batches {'video': float32 [B_host, T, R, R, 3]}.
+
+  B_host = data.batch_size // process_count. The batches from start_step=k are
+  those the iterator from step 0 yields after k batches (see module doc).
+  """
+  p, n = _processes(process_index, process_count)
+  if config.data.batch_size % n:
+    raise ValueError(f'config.data.batch_size={config.data.batch_size} does not split over '
+                     f'{n} processes')
+  batch = config.data.batch_size // n
+  module = _module(config)
+  builder = _builder(config)
+  start, stop = _host_range(_num_examples(builder, 'train', config), p, n)
+  records = _Records(builder, 'train', start, stop, module.TRAIN_DECODERS)
+  if records.size == 0:
+    raise ValueError(f'process {p} of {n} has no training examples in {builder.data_dir}')
+  buffer = (config.data.ytvis.shuffle_buffer if config.data.name == 'ytvis'
+            else config.data.shuffle_buffer)
+  key = tf.constant([config.seed, p], tf.int64)
+  epoch_key = tf.random.experimental.stateless_fold_in(key, _STREAM_EPOCH)
+  element_key = tf.random.experimental.stateless_fold_in(key, _STREAM_TRAIN)
+  first = start_step * batch
+  first_epoch, skip = divmod(first, records.size)
+
+  def undecoded():  # (counter, shard, index, features) from element `first` on
+    stream = records.epochs(epoch_key, first_epoch, buffer)
+    stream = stream.enumerate(start=first_epoch * records.size)
+    return stream.map(lambda c, e: (c, *e)).skip(skip)
+
+  def transform(counter, shard, index, features):
+    seed = tf.random.experimental.stateless_fold_in(element_key, counter)
+    return module.train_example(features, seed, config)
+
+  ds = undecoded().map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  iterator = ds.as_numpy_iterator()
+  for b in itertools.count():
+    try:
+      out = next(iterator)
+    except tf.errors.OpError as e:
+      _find_bad_record(records, undecoded().skip(b * batch).take(batch), transform, e)
+    yield out
+
+
+# --------------------------------------------------------------------------- evaluation
+
+def eval_iterator(config, *, process_index: int | None = None,
+                  process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Finite host-local evaluation batches of whole videos:
+
+    video          float32 [B_host, T_pad, R, R, 3]
+    segmentations  int32 [B_host, T_pad, R, R] ids (0 = background / no instance)
+    num_frames     int32 [B_host]
+    padding_mask   bool [B_host], False for fillers that pad the last batches
+
+  Every host yields the same number of batches with the same T_pad (MOVi: the
+  dataset's 24 frames; YT-VIS: the longest video of the global batch rounded
+  up to a multiple of 8; frames past a video's end repeat its last frame, with
+  segmentation 0).
+  """
+  p, n = _processes(process_index, process_count)
+  if config.data.eval_batch_size % n:
+    raise ValueError(f'config.data.eval_batch_size={config.data.eval_batch_size} does not '
+                     f'split over {n} processes')
+  batch = config.data.eval_batch_size // n
+  module = _module(config)
+  builder = _builder(config)
+  total = _eval_count(builder, config)
+  ranges = [_host_range(total, q, n) for q in range(n)]
+  num_batches = math.ceil(max(b - a for a, b in ranges) / batch)
+  if config.data.name == 'ytvis':
+    fixed, lengths = None, [v['num_frames'] for v in ytvis.read_manifest(builder)['heldout']]
+  else:
+    fixed, lengths = builder.info.features['video'].shape[0], None
+  records = _Records(builder, EVAL_SPLIT, *ranges[p], module.EVAL_DECODERS)
+
+  def transform(shard, index, features):
+    out = module.eval_example(features, config)
+    out['video_name'] = features['metadata']['video_name']
+    return out
+
+  ds = records.in_order().map(transform, num_parallel_calls=tf.data.AUTOTUNE,
+                              deterministic=True).prefetch(2)
+  iterator = ds.as_numpy_iterator()
+  for b in range(num_batches):
+    videos = []
+    for i in range(b * batch, min((b + 1) * batch, records.size)):
+      try:
+        videos.append(next(iterator))
+      except tf.errors.OpError as e:
+        _find_bad_record(records, records.in_order().skip(i).take(1), transform, e)
+      _check(videos[-1], config)
+    if lengths is None:
+      t_pad = fixed
+    else:  # the longest video of this global batch (all hosts), rounded up to a multiple of 8
+      longest = max(lengths[i] for a, c in ranges
+                    for i in range(a + b * batch, min(a + (b + 1) * batch, c)))
+      t_pad = int(math.ceil(longest / 8) * 8)
+    yield _pad_batch(videos, batch, t_pad, config.data.resolution)
+
+
+def _check(video: dict, config) -> None:
+  name = video['video_name'].decode()
+  if config.data.name == 'ytvis':
+    ytvis.check_masks(int(video['num_channels']), int(video['max_overlap']), name, config)
+  else:
+    movi.check_ids(int(video['max_id']), name, config)
+
+
+def _pad_batch(videos: list[dict], batch: int, t_pad: int, size: int) -> dict[str, np.ndarray]:
+  out = {'video': np.zeros((batch, t_pad, size, size, 3), np.float32),
+         'segmentations': np.zeros((batch, t_pad, size, size), np.int32),
+         'num_frames': np.full((batch,), t_pad, np.int32),  # fillers: a valid length
+         'padding_mask': np.zeros((batch,), bool)}
+  for b, v in enumerate(videos):
+    t = int(v['num_frames'])
+    if t > t_pad:
+      raise ValueError(f'video {v["video_name"].decode()!r} has {t} frames > padded {t_pad}')
+    out['video'][b, :t] = v['video']
+    out['video'][b, t:] = v['video'][t - 1]  # repeat the last frame
+    out['segmentations'][b, :t] = v['segmentations']
+    out['num_frames'][b] = t
+    out['padding_mask'][b] = True
+  return out
+
+
+# --------------------------------------------------------------------------- device transfer
+
+def prefetch_to_device(iterator: Iterator[Any], mesh, size: int) -> Iterator[Any]:
+  """Host batches -> global jax.Arrays sharded over the mesh (parallel.host_to_global),
+  keeping `size` batches in flight so the transfer overlaps the previous step."""
+  queue: collections.deque = collections.deque()
+
+  def fill(count):
+    for host_batch in itertools.islice(iterator, count):
+      queue.append(parallel.host_to_global(host_batch, mesh))
+
+  fill(max(size, 1))
+  while queue:
+    yield queue.popleft()
+    fill(1)
