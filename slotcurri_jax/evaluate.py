@@ -20,28 +20,24 @@ from etils import epath
 
 from slotcurri_jax import metrics as metrics_lib
 from slotcurri_jax import parallel
+from slotcurri_jax.data import movi
 from slotcurri_jax.data import pipeline
-
-_IMAGENET_MEAN = np.asarray([0.485, 0.456, 0.406], np.float32)
-_IMAGENET_STD = np.asarray([0.229, 0.224, 0.225], np.float32)
-
 
 def make_eval_step(config, model):
   """eval_step(params, video, active_mask, num_frames) -> dict of
-  pred_ids [B, T, R, R] int32, masks [B, T, K, h, w] and error [B, T, h, w]."""
+  pred_ids [B, T, R, R] int32, masks [B, T, K, N] (soft decoder masks at patch
+  resolution) and error [B, T, h, w] (per-patch reconstruction error)."""
   resolution = config.data.resolution
   rollout = config.eval.rollout
 
   def eval_step(params, video, active_mask, num_frames):
     out = model.apply({'params': params}, video, active_mask, rollout=rollout,
                       num_frames=num_frames)
-    b, t, k, n = out['dec_masks'].shape
+    b, t, _, n = out['dec_masks'].shape
     grid = int(round(math.sqrt(n)))
     pred_ids = metrics_lib.masks_to_ids(out['dec_masks'], active_mask, (resolution, resolution))
     error = jnp.mean(jnp.square(out['recon'] - out['targets']), axis=-1)
-    return {'pred_ids': pred_ids,
-            'masks': out['dec_masks'].reshape(b, t, k, grid, grid),
-            'error': error.reshape(b, t, grid, grid)}
+    return {'pred_ids': pred_ids, 'masks': out['dec_masks'], 'error': error.reshape(b, t, grid, grid)}
 
   return eval_step
 
@@ -103,34 +99,27 @@ def evaluate(config, model, state, mesh, *, workdir: str, writer=None, max_batch
 
 def _add_video_scores(scores: dict, pred: np.ndarray, true: np.ndarray, config) -> None:
   """pred, true: [1, T, H, W] int ids of one video."""
-  ignore = bool(config.eval.ignore_background)
   convention = 'ytvis' if config.data.name == 'ytvis' else 'movi'
-  values = {
-      'ari': metrics_lib.fg_ari(pred, true, ignore_background=ignore)[0],
-      'mbo': metrics_lib.mbo(pred, true, ignore_background=ignore)[0],
-      'fragmentation': metrics_lib.fragmentation(pred, true, ignore_background=ignore)[0],
-  }
-  image_ari, ari_counted = metrics_lib.image_fg_ari(pred, true, ignore_background=ignore,
-                                                    convention=convention)
-  image_mbo, mbo_counted = metrics_lib.image_mbo(pred, true, ignore_background=ignore,
-                                                 convention=convention)
-  for k, v in values.items():
-    scores.setdefault(k, []).append(float(v))
+  v = metrics_lib.video_scores(pred, true, ignore_background=bool(config.eval.ignore_background),
+                               convention=convention)
+  for k in ('ari', 'mbo', 'fragmentation'):
+    scores.setdefault(k, []).append(float(v[k][0]))
   # Per-frame metrics average over every counted frame of every video.
-  scores.setdefault('image_ari', []).extend(np.asarray(image_ari)[np.asarray(ari_counted)].tolist())
-  scores.setdefault('image_mbo', []).extend(np.asarray(image_mbo)[np.asarray(mbo_counted)].tolist())
+  for k in ('image_ari', 'image_mbo'):
+    scores.setdefault(k, []).extend(v[k][v[f'{k}_counted']].tolist())
 
 
 def _denormalise(video: np.ndarray) -> np.ndarray:
   """[T, H, W, 3] ImageNet-normalised float -> uint8."""
-  return np.clip((video * _IMAGENET_STD + _IMAGENET_MEAN) * 255.0, 0, 255).astype(np.uint8)
+  mean, std = np.asarray(movi.IMAGENET_MEAN), np.asarray(movi.IMAGENET_STD)
+  return np.clip((video * std + mean) * 255.0, 0, 255).astype(np.uint8)
 
 
 def _clip_figure(video, pred, true, masks, error) -> np.ndarray:
   from slotcurri_jax import visualize
   frames = _denormalise(np.asarray(video))
   res = frames.shape[1:3]
-  masks_up = np.asarray(jax.image.resize(masks, masks.shape[:2] + res, 'linear'))
+  masks_up = np.asarray(metrics_lib.upsample_masks(jnp.asarray(masks)[None], res))[0]
   error_up = np.asarray(jax.image.resize(error, error.shape[:1] + res, 'nearest'))
   return visualize.clip_figure(frames, pred, true, masks_up, error_up)
 

@@ -39,12 +39,12 @@ TrainState = train_state_lib.TrainState
 
 def init_params(config, model, rng: jax.Array) -> Any:
   """Random params for the trainable parts, pretrained weights for the frozen encoder."""
+  pretrained = encoders.load_encoder_params(config)  # first: missing weights fail before compiling
   t = config.data.train_clip_len
   r = config.data.resolution
   video = jnp.zeros((1, t, r, r, 3), jnp.float32)
   active = jnp.ones((config.model.max_slots,), bool)
   params = jax.jit(model.init)(rng, video, active)['params']
-  pretrained = encoders.load_encoder_params(config)
   if pretrained is not None:
     params = dict(params)
     params['encoder'] = jax.tree.map(jnp.asarray, pretrained)
@@ -52,12 +52,40 @@ def init_params(config, model, rng: jax.Array) -> Any:
 
 
 def create_state(config, model, mesh, rng: jax.Array) -> tuple[TrainState, Any]:
-  """A fresh TrainState placed on `mesh`, and the state's shardings."""
+  """A fresh TrainState placed on `mesh`, and the state's shardings.
+
+  The state is created inside one jit with out_shardings: each device only ever holds
+  its own shards (fsdp), and no multi-process device_put (which checks every leaf for
+  equality across hosts, one collective per leaf) is needed. Pretrained encoder weights
+  are then placed shard by shard from host memory. Same values as `init_params` +
+  `create_train_state`.
+  """
   params_rng, state_rng = jax.random.split(rng)
-  params = init_params(config, model, params_rng)
-  state = train_state_lib.create_train_state(config, params, state_rng)
-  shardings = state_shardings(state, config, mesh)
-  return jax.device_put(state, shardings), shardings
+  pretrained = encoders.load_encoder_params(config)  # first: missing weights fail before compiling
+  t, r = config.data.train_clip_len, config.data.resolution
+
+  def init():
+    video = jnp.zeros((1, t, r, r, 3), jnp.float32)
+    active = jnp.ones((config.model.max_slots,), bool)
+    params = model.init(params_rng, video, active)['params']
+    return train_state_lib.create_train_state(config, params, state_rng)
+
+  shardings = state_shardings(jax.eval_shape(init), config, mesh)
+  state = jax.jit(init, out_shardings=shardings)()
+  if pretrained is not None:
+    params = dict(state.params)
+    params['encoder'] = jax.tree.map(_place_from_host, pretrained, state.params['encoder'])
+    state = state.replace(params=params)
+  return state, shardings
+
+
+def _place_from_host(value, like: jax.Array) -> jax.Array:
+  """A host array as a global jax.Array in `like`'s sharding (each host fills its shards)."""
+  value = np.asarray(value, dtype=like.dtype)
+  if value.shape != like.shape:
+    raise ValueError(f'pretrained encoder weight of shape {value.shape} where the model '
+                     f'has {like.shape}: check model.encoder.variant')
+  return jax.make_array_from_callback(like.shape, like.sharding, lambda index: value[index])
 
 
 def state_shardings(state: TrainState, config, mesh) -> Any:
@@ -180,7 +208,7 @@ def make_train_step(config, model) -> Callable[[TrainState, dict], tuple[TrainSt
     labels = train_state_lib.param_labels(grads, config)
     trainable_grads = jax.tree.map(lambda g, l: g if l == 'trainable' else jnp.zeros_like(g),
                                    grads, labels)
-    metrics = dict(terms, grad_norm=optax.global_norm(trainable_grads),
+    metrics = dict(terms, grad_norm=optax.tree.norm(trainable_grads),
                    learning_rate=lr_fn(state.step), active_slots=jnp.sum(active))
     return new_state, metrics
 

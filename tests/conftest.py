@@ -26,3 +26,37 @@ def fixtures_dir() -> pathlib.Path:
   if not FIXTURES.is_dir():
     pytest.fail(f'golden fixtures not found at {FIXTURES}; set SLOTCURRI_FIXTURES')
   return FIXTURES
+
+
+def tiny_config(variant=None, **data_overrides):
+  """configs/demo.py shrunk to compile and run in seconds: 16 px frames, 4x4 patches."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location('demo_config', REPO / 'configs' / 'demo.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config(variant)
+  c.data.resolution = 16
+  c.data.batch_size = 4
+  c.data.eval_batch_size = 8
+  c.data.shuffle_buffer = 8
+  c.data.prefetch = 1
+  c.data.synthetic.resolution = 16
+  c.data.synthetic.num_train = 8
+  c.data.synthetic.num_validation = 8
+  c.data.synthetic.min_objects = 2
+  c.data.synthetic.max_objects = 3
+  c.model.encoder.cnn_patch_size = 4
+  c.model.encoder.cnn_features = 16
+  c.model.slot_dim = 16
+  c.model.max_slots = 5
+  c.model.decoder.hidden = (32, 32)
+  c.loss.contrast_group_size = 4
+  c.train.steps = 6
+  c.train.warmup_steps = 2
+  c.train.log_every_steps = 1
+  c.train.checkpoint_every_steps = 3
+  c.train.image_summaries = 1
+  c.curriculum.schedule = ((0, 2), (2, 3), (4, 5))
+  for k, v in data_overrides.items():
+    c.data[k] = v
+  return c
