@@ -15,6 +15,7 @@ import signal
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
@@ -126,13 +127,26 @@ def resolve_step_dir(path: str) -> epath.Path:
 
 
 def load_params(path: str, config=None) -> Any:
-  """Model params from a training workdir, a checkpoints dir, or one step dir.
+  """Model params from any saved form, as host numpy arrays (placement is up to the caller).
 
-  Used by evaluation and inference on any saved checkpoint. Params come back as
-  host numpy arrays (placement is up to the caller). `config` is accepted for
-  symmetry with the importers and unused.
+  path: a training workdir, its checkpoints dir or one step dir (orbax), or a params
+  file: `.npz` of '/'-joined paths (tools.import_reference, tools.convert_dinov2) or
+  `.msgpack` (flax.serialization). `config` is unused (kept for symmetry with the importers).
   """
   del config
+  p = epath.Path(os.path.expanduser(str(path)))
+  if p.is_file() and p.suffix in ('.npz', '.msgpack'):
+    try:
+      if p.suffix == '.npz':
+        from slotcurri_jax.models import encoders
+        params = encoders.load_params_npz(p)
+      else:
+        import flax.serialization
+        params = flax.serialization.msgpack_restore(p.read_bytes())
+    except Exception as e:  # numpy/msgpack raise several types for unreadable files
+      raise ValueError(f'params file {p} is corrupt or unreadable: {str(e).splitlines()[0]}') from e
+    params = params['params'] if isinstance(params, dict) and 'params' in params else params
+    return jax.tree.map(np.asarray, params)
   step_dir = resolve_step_dir(path)
   try:
     restored = ocp.StandardCheckpointer().restore(step_dir / 'state')
@@ -140,6 +154,25 @@ def load_params(path: str, config=None) -> Any:
     raise ValueError(f'checkpoint {step_dir} is corrupt or unreadable: {e}') from e
   params = restored['params'] if isinstance(restored, dict) else restored.params
   return jax.tree.map(np.asarray, params)
+
+
+def check_params(model, params: Any, config, source: str) -> None:
+  """Raise if params do not have the tree and shapes of `model` (a config mismatch)."""
+  r = config.data.resolution
+  expected = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 1, r, r, 3)),
+                            jnp.ones((config.model.max_slots,), bool))['params']
+  flat_want = {jax.tree_util.keystr(k): v.shape
+               for k, v in jax.tree_util.tree_leaves_with_path(expected)}
+  flat_got = {jax.tree_util.keystr(k): np.shape(v)
+              for k, v in jax.tree_util.tree_leaves_with_path(params)}
+  diffs = [f'{k}: missing' for k in flat_want if k not in flat_got]
+  diffs += [f'{k}: unexpected' for k in flat_got if k not in flat_want]
+  diffs += [f'{k}: {flat_got[k]} vs model {flat_want[k]}' for k in flat_want
+            if k in flat_got and tuple(flat_got[k]) != tuple(flat_want[k])]
+  if diffs:
+    raise ValueError(f'checkpoint {source} does not fit the model of this config '
+                     f'({len(diffs)} differences, e.g. {"; ".join(diffs[:4])}); pass the '
+                     '--config (and overrides) the checkpoint was trained with')
 
 
 class PreemptionGuard:

@@ -145,14 +145,23 @@ def _write(workdir: str, step: int, results: dict, settings: dict, figures: list
 
 
 def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
-  """Evaluate any saved checkpoint (a workdir, its checkpoints dir or one step dir)."""
+  """Evaluate any saved checkpoint: a workdir, its checkpoints dir, one step dir, or a
+  params file (.npz from tools.import_reference, .msgpack)."""
   from slotcurri_jax import checkpoint as checkpoint_lib
+  from slotcurri_jax.models import encoders
   from slotcurri_jax.models import video_model
   pipeline.check_available(config, splits=('validation',))
   mesh = parallel.mesh_from_config(config)
   model = video_model.build_model(config)
-  params = jax.device_put(checkpoint_lib.load_params(checkpoint, config), parallel.replicated(mesh))
-  step = int(checkpoint_lib.resolve_step_dir(checkpoint).name)
+  params = dict(checkpoint_lib.load_params(checkpoint, config))
+  if 'encoder' not in params:  # imported reference checkpoints may leave out the frozen backbone
+    pretrained = encoders.load_encoder_params(config)
+    if pretrained is not None:
+      params['encoder'] = pretrained
+  checkpoint_lib.check_params(model, params, config, checkpoint)
+  params = jax.device_put(params, parallel.replicated(mesh))
+  is_file = epath.Path(checkpoint).is_file()  # an imported params file has no step
+  step = 0 if is_file else int(checkpoint_lib.resolve_step_dir(checkpoint).name)
   state = _EvalState(params=params, step=jnp.asarray(step),
                      active_mask=jnp.ones((config.model.max_slots,), bool))
   return evaluate(config, model, state, mesh, workdir=workdir, max_batches=-1)

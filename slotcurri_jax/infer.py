@@ -46,6 +46,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slotcurri_jax import checkpoint as checkpoint_lib
+
 VIDEO_SUFFIXES = ('.mp4', '.webm', '.mov', '.mkv', '.avi', '.m4v')
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -263,47 +265,6 @@ def segment_video(model, params: Any, frames: np.ndarray, config, chunk_len: int
   return result
 
 
-def load_params(path: str | os.PathLike, config) -> Any:
-  """Params from a training workdir / checkpoints dir / step dir (orbax, via
-  `checkpoint.load_params`), or an exported `.msgpack` (flax.serialization) or `.npz`
-  (`encoders.save_params_npz`) params file."""
-  p = pathlib.Path(os.path.expanduser(str(path)))
-  if not p.exists():
-    raise FileNotFoundError(f'checkpoint {p} does not exist')
-  if p.is_file() and p.suffix == '.msgpack':
-    import flax.serialization
-    try:
-      params = flax.serialization.msgpack_restore(p.read_bytes())
-    except Exception as e:
-      raise ValueError(f'cannot read params file {p}: {_first_line(e)}') from e
-    return params['params'] if isinstance(params, dict) and 'params' in params else params
-  if p.is_file() and p.suffix == '.npz':
-    from slotcurri_jax.models import encoders
-    params = encoders.load_params_npz(p)
-    return params['params'] if 'params' in params else params
-  from slotcurri_jax import checkpoint as checkpoint_lib
-  return checkpoint_lib.load_params(str(p), config)
-
-
-def check_params(model, params: Any, config, source: str) -> None:
-  """Raise if params do not have the tree and shapes of `model` (a config mismatch)."""
-  r = config.data.resolution
-  expected = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 1, r, r, 3)),
-                            jnp.ones((config.model.max_slots,), bool))['params']
-  flat_want = {jax.tree_util.keystr(k): v.shape
-               for k, v in jax.tree_util.tree_leaves_with_path(expected)}
-  flat_got = {jax.tree_util.keystr(k): np.shape(v)
-              for k, v in jax.tree_util.tree_leaves_with_path(params)}
-  diffs = [f'{k}: missing' for k in flat_want if k not in flat_got]
-  diffs += [f'{k}: unexpected' for k in flat_got if k not in flat_want]
-  diffs += [f'{k}: {flat_got[k]} vs model {flat_want[k]}' for k in flat_want
-            if k in flat_got and tuple(flat_got[k]) != tuple(flat_want[k])]
-  if diffs:
-    raise ValueError(f'checkpoint {source} does not fit the model of this config '
-                     f'({len(diffs)} differences, e.g. {"; ".join(diffs[:4])}); pass the '
-                     '--config (and overrides) the checkpoint was trained with')
-
-
 # --------------------------------------------------------------------------- outputs
 
 def write_outputs(output_dir: str | os.PathLike, result: dict[str, np.ndarray],
@@ -362,8 +323,8 @@ def run(config, checkpoint: str, video: str, output_dir: str, chunk_len: int = 2
   check_frame_size(frames, config, source=str(video))
   model = video_model.build_model(config)
   if params is None:
-    params = load_params(checkpoint, config)
-    check_params(model, params, config, checkpoint)
+    params = checkpoint_lib.load_params(checkpoint, config)
+    checkpoint_lib.check_params(model, params, config, checkpoint)
   logging.info('%s: %d frames of %dx%d, %s rollout in chunks of %d', video, len(frames),
                frames.shape[2], frames.shape[1], rollout, chunk_len)
   result = segment_video(model, params, frames, config, chunk_len, rollout, progress=True)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, tiny_config
+from slotcurri_jax import checkpoint
 from slotcurri_jax import infer
 from slotcurri_jax import metrics as metrics_lib
 from slotcurri_jax.models import video_model
@@ -212,15 +213,15 @@ def test_checkpoint_loading_and_mismatch(setup, tmp_path):
   config, model, params = setup
   path = tmp_path / 'params.msgpack'
   path.write_bytes(flax.serialization.msgpack_serialize(jax.device_get(params)))
-  loaded = infer.load_params(path, config)
-  infer.check_params(model, loaded, config, str(path))
+  loaded = checkpoint.load_params(path, config)
+  checkpoint.check_params(model, loaded, config, str(path))
   jax.tree.map(np.testing.assert_array_equal, loaded, jax.device_get(params))
   with pytest.raises(FileNotFoundError, match='missing.msgpack'):
-    infer.load_params(tmp_path / 'missing.msgpack', config)
+    checkpoint.load_params(tmp_path / 'missing.msgpack', config)
   other = tiny_config()
   other.model.slot_dim = 8
   with pytest.raises(ValueError, match=r'params.msgpack does not fit the model'):
-    infer.check_params(video_model.build_model(other), loaded, other, str(path))
+    checkpoint.check_params(video_model.build_model(other), loaded, other, str(path))
 
 
 def test_command_line(setup, tmp_path):
