@@ -1,0 +1,221 @@
+"""Frame encoders (frozen DINOv2 or the demo's small CNN) and loading their weights.
+
+`config.model.encoder.kind`:
+  'dinov2': the frozen ViT of models/dinov2.py. Features and reconstruction target are
+    the same last-block tokens (D_f = 384 / 768).
+  'cnn': a small trainable CNN with one feature vector per `cnn_patch_size` patch. Its
+    reconstruction target is the frame's patch pixels, [N, p*p*3] in (row, column,
+    channel) order within the patch, so D_f = p*p*3.
+
+DINOv2 weights (`load_encoder_params`): `encoder.weights`, or by default
+`~/.cache/slotcurri_jax/dinov2/<variant>.npz` (DEFAULT_WEIGHTS_DIR), in any of these forms:
+  * our converted .npz (flattened 'a/b/c' paths) or .msgpack (flax.serialization);
+  * a timm / torch-hub state dict (.pth/.pt/.bin needs torch; or .safetensors);
+  * a Hugging Face facebook/dinov2-{small,base} checkpoint (.safetensors or .bin).
+Convert once with `python -m slotcurri_jax.tools.convert_dinov2 SRC DST`.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any, Mapping
+
+import flax
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from slotcurri_jax.models import dinov2
+from slotcurri_jax.models import layers
+
+DEFAULT_WEIGHTS_DIR = pathlib.Path.home() / '.cache' / 'slotcurri_jax' / 'dinov2'
+
+
+class CNNEncoder(nn.Module):
+  """Patchify conv -> 3x3 conv -> 1x1 conv, ReLUs between, plus a learned position term.
+
+  Cheap enough for the 2-core demo: all convolutions after the first run on the
+  patch grid. The position term (a Dense map of the normalised patch coordinates,
+  as in SAVi) gives the tokens the position information DINOv2 tokens carry, since
+  the slot stack adds none before slot attention (SPEC §4.2).
+  """
+  patch_size: int
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
+    """images: [B, H, W, 3] -> features [B, (H/p)*(W/p), features] float32."""
+    b, h, w, _ = images.shape
+    p, f = self.patch_size, self.features
+    check_grid(images.shape[1:], p)
+    x = nn.Conv(f, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
+                name='patchify')(images)
+    g = h // p
+    ys, xs = jnp.meshgrid(jnp.linspace(0.0, 1.0, g), jnp.linspace(0.0, 1.0, g), indexing='ij')
+    coords = jnp.stack([ys, xs, 1.0 - ys, 1.0 - xs], axis=-1)
+    x = nn.relu(x + nn.Dense(f, dtype=self.dtype, name='position')(coords))
+    x = nn.relu(nn.Conv(f, (3, 3), padding='SAME', dtype=self.dtype, name='conv')(x))
+    x = nn.Conv(f, (1, 1), dtype=self.dtype, name='out')(x)
+    return x.reshape(b, g * g, f).astype(jnp.float32)
+
+
+def check_grid(image_shape, patch_size: int) -> int:
+  """Patch-grid side of a square [H, W, 3] frame; errors name the bad size and the fix."""
+  h, w = image_shape[0], image_shape[1]
+  if h != w:
+    raise ValueError(f'frames must be square, got {h}x{w}; resize to data.resolution first')
+  if h % patch_size:
+    raise ValueError(f'image size {h} is not a multiple of the patch size {patch_size}; '
+                     f'use e.g. data.resolution={(h // patch_size) * patch_size or patch_size}')
+  return h // patch_size
+
+
+def patchify(images: jnp.ndarray, patch_size: int) -> jnp.ndarray:
+  """[B, H, W, C] -> [B, (H/p)*(W/p), p*p*C], patches row-major, pixels (row, col, channel)."""
+  b, h, w, c = images.shape
+  p = patch_size
+  x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def encoder_dims(config) -> dict:
+  """What the slot stack needs to know of the encoder: input_dim, target_dim, patch grid side."""
+  ec = config.model.encoder
+  if ec.kind == 'dinov2':
+    arch = variant_architecture(ec.variant)
+    grid = check_grid((config.data.resolution, config.data.resolution), dinov2.PATCH_SIZE)
+    return dict(input_dim=arch['embed_dim'], target_dim=arch['embed_dim'], grid=grid,
+                patch_size=dinov2.PATCH_SIZE)
+  if ec.kind == 'cnn':
+    grid = check_grid((config.data.resolution, config.data.resolution), ec.cnn_patch_size)
+    return dict(input_dim=ec.cnn_features, target_dim=ec.cnn_patch_size ** 2 * 3, grid=grid,
+                patch_size=ec.cnn_patch_size)
+  raise ValueError(f"model.encoder.kind={ec.kind!r}; use 'dinov2' or 'cnn'")
+
+
+def variant_architecture(variant: str) -> dict:
+  if variant not in dinov2.VARIANTS:
+    raise ValueError(f'model.encoder.variant={variant!r}; use one of {sorted(dinov2.VARIANTS)}')
+  return dinov2.VARIANTS[variant]
+
+
+def build_encoder(config) -> nn.Module:
+  """The encoder module of `config.model.encoder`."""
+  ec = config.model.encoder
+  dtype = layers.dtype_from_name(ec.dtype)
+  if ec.kind == 'dinov2':
+    arch = variant_architecture(ec.variant)
+    return dinov2.DinoV2(arch['embed_dim'], arch['depth'], arch['num_heads'], dtype=dtype)
+  if ec.kind == 'cnn':
+    return CNNEncoder(ec.cnn_patch_size, ec.cnn_features, dtype=dtype)
+  raise ValueError(f"model.encoder.kind={ec.kind!r}; use 'dinov2' or 'cnn'")
+
+
+# ------------------------------------------------------------------ weights
+
+def default_weights_path(variant: str) -> pathlib.Path:
+  return DEFAULT_WEIGHTS_DIR / f'{variant}.npz'
+
+
+def load_encoder_params(config) -> Any | None:
+  """Pretrained params for params['encoder'], or None when the init's random ones stand.
+
+  None for the CNN (trained from scratch) and for DINOv2 with encoder.random_init=True
+  (tests and benchmarks only). Otherwise the DINOv2 weights must be found: a missing
+  file is fetched with huggingface_hub when that is installed and online, else a
+  FileNotFoundError says where to put which file. Never silently random.
+  """
+  ec = config.model.encoder
+  if ec.kind == 'cnn':
+    return None
+  if ec.kind != 'dinov2':
+    raise ValueError(f"model.encoder.kind={ec.kind!r}; use 'dinov2' or 'cnn'")
+  arch = variant_architecture(ec.variant)
+  if ec.random_init:
+    return None
+  path = pathlib.Path(os.path.expanduser(ec.weights)) if ec.weights else default_weights_path(
+      ec.variant)
+  if not path.exists():
+    _download_from_hub(ec.variant, path)
+  params = read_weights(path)
+  if 'blocks_0' not in params:  # a flat timm / HF state dict, not our converted tree
+    params = dinov2.state_dict_to_params(params)
+  got = dinov2.architecture_of(params)
+  want = dict(embed_dim=arch['embed_dim'], depth=arch['depth'])
+  if got != want:
+    raise ValueError(f'DINOv2 weights {path} have {got}, but model.encoder.variant='
+                     f'{ec.variant!r} needs {want}')
+  return params
+
+
+def _download_from_hub(variant: str, path: pathlib.Path) -> None:
+  """Fetch facebook/dinov2-* with huggingface_hub (if installed and online) and convert it."""
+  arch = dinov2.VARIANTS[variant]
+  how = (f'Get the timm weights `{arch["timm"]}` (https://huggingface.co/timm/{arch["timm"]}, '
+         f'file model.safetensors) or the Hugging Face checkpoint '
+         f'https://huggingface.co/{arch["hf"]} (model.safetensors), then run\n'
+         f'  python -m slotcurri_jax.tools.convert_dinov2 SRC {path}\n'
+         f'or point config.model.encoder.weights at SRC directly.')
+  try:
+    import huggingface_hub  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise FileNotFoundError(f'DINOv2 weights not found at {path} (huggingface_hub is not '
+                            f'installed to fetch them). {how}') from None
+  if os.environ.get('HF_HUB_OFFLINE', '') not in ('', '0'):
+    raise FileNotFoundError(f'DINOv2 weights not found at {path} (HF_HUB_OFFLINE is set). {how}')
+  try:
+    src = huggingface_hub.hf_hub_download(arch['hf'], 'model.safetensors')
+  except Exception as e:  # network errors come in many types
+    raise FileNotFoundError(f'DINOv2 weights not found at {path} and the download of '
+                            f'{arch["hf"]} failed ({type(e).__name__}: {e}). {how}') from e
+  save_params_npz(dinov2.state_dict_to_params(read_weights(pathlib.Path(src))), path)
+
+
+def read_weights(path: pathlib.Path) -> Mapping[str, Any]:
+  """A weights file as a flat {name: array} state dict, or our nested params tree.
+
+  .npz: flattened 'a/b/c' paths (ours) are unflattened; other names are returned flat.
+  .msgpack: flax.serialization. .safetensors: flat. .pth/.pt/.bin/.ckpt: torch
+  (weights_only=True), a 'state_dict' / 'model' entry is unwrapped.
+  """
+  suffix = path.suffix.lower()
+  if suffix == '.npz':
+    return load_params_npz(path)
+  if suffix == '.msgpack':
+    return flax.serialization.msgpack_restore(path.read_bytes())
+  if suffix == '.safetensors':
+    from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+    return dict(load_file(str(path)))
+  if suffix in ('.pth', '.pt', '.bin', '.ckpt'):
+    try:
+      import torch  # pylint: disable=import-outside-toplevel
+    except ImportError:
+      raise ImportError(f'reading {path} needs torch (pip install torch); or convert it to '
+                        '.safetensors / .npz on a machine that has torch') from None
+    sd = torch.load(str(path), map_location='cpu', weights_only=True)
+    for key in ('state_dict', 'model'):
+      if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+        sd = sd[key]
+    return {k: v.detach().float().numpy() for k, v in sd.items() if hasattr(v, 'detach')}
+  raise ValueError(f'unknown weights format {path.suffix!r} for {path}; use .npz, .msgpack, '
+                   '.safetensors, .pth, .pt, .bin or .ckpt')
+
+
+def save_params_npz(params: Any, path: str | os.PathLike) -> None:
+  """Write a params pytree as an .npz of '/'-joined paths (atomically)."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep='/')
+  tmp = path.with_name(path.name + '.tmp.npz')
+  np.savez(tmp, **{k: np.asarray(v) for k, v in flat.items()})
+  os.replace(tmp, path)
+
+
+def load_params_npz(path: str | os.PathLike) -> dict:
+  """Inverse of save_params_npz (keys without '/' come back flat, e.g. a timm state dict)."""
+  with np.load(path, allow_pickle=False) as z:
+    flat = {k: z[k] for k in z.files}
+  if any('/' in k for k in flat):
+    return flax.traverse_util.unflatten_dict(flat, sep='/')
+  return flat

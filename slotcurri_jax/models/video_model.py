@@ -1,0 +1,295 @@
+"""The video slot model: encoder -> feature MLP -> (corrector + predictor) over time -> decoder.
+
+SAVi's decomposition with the SlotContrast / SlotCurri numerics (SPEC §2, §4, §8, §17):
+
+  X_t = encoder(x_t)                      frame-wise; frozen DINOv2 or the demo CNN
+  F_t = feature_mlp(X_t)                  LN -> Linear -> ReLU -> Linear
+  S_0 = corrector^(3)(placeholders, F_0)  slot attention; frame 0 peeled off the scan
+  S_t = corrector^(2)(predictor(S_{t-1}), F_t)   nn.scan over t = 1..T-1
+  X^_t, m_t, alpha_t = decoder(S_t)       frame-wise
+
+Slots are always padded to max_slots; `active_mask` [max_slots] says which take part.
+Inactive rows are masked (large finite negative logits) in the slot-attention softmax,
+the predictor's attention keys and the decoder's alpha softmax (SPEC §17.3), so the
+active rows equal a model with only those rows and inactive placeholders get exactly
+zero gradient. Inactive rows of slots / logits hold finite, meaningless values.
+
+Param tree: encoder, feature_mlp, initializer {placeholders [max_slots, D_s]},
+corrector, predictor, decoder.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from slotcurri_jax.models import decoder as decoder_lib
+from slotcurri_jax.models import encoders
+from slotcurri_jax.models import layers
+from slotcurri_jax.models import predictor as predictor_lib
+from slotcurri_jax.models import slot_attention
+
+ROLLOUTS = ('forward', 'cyclic')
+
+
+class SlotInitializer(nn.Module):
+  """Learned fixed initial slots P [max_slots, D_s], N(0,1)*D_s^-1/2, no sampling noise."""
+  max_slots: int
+  slot_dim: int
+
+  @nn.compact
+  def __call__(self, batch_size: int) -> jax.Array:
+    """-> [batch_size, max_slots, D_s]."""
+    p = self.param('placeholders', layers.scaled_normal_init(self.slot_dim),
+                   (self.max_slots, self.slot_dim))
+    return jnp.broadcast_to(p, (batch_size,) + p.shape)
+
+
+def _over_time(fn, **kwargs):
+  """Lift fn(module, frame_inputs...) -> outputs to a scan over axis 1 ([B, T, ...]).
+
+  Frame-wise work (encoder, decoder) runs one frame at a time so that long evaluation
+  videos do not hold every frame's activations at once.
+  """
+  def body(module, carry, *xs):
+    return carry, fn(module, *xs)
+  return nn.scan(body, variable_broadcast='params', split_rngs={'params': False},
+                 in_axes=1, out_axes=1, **kwargs)
+
+
+class VideoSlotModel(nn.Module):
+  """SlotContrast / SlotCurri video slot model (see the module docstring).
+
+  Attributes:
+    encoder: the frame encoder, or None for a slot stack fed with backbone tokens
+      (golden fixtures, precomputed features; only `process` is then usable).
+    input_dim: D_in, width of the encoder features.
+    target_dim: D_f, width of the reconstruction target.
+    num_patches: N, patches per frame (a square grid).
+    target: 'features' (the target is the encoder output, DINOv2) or 'patches' (the
+      frame's patch pixels, the CNN); patch_size is the patch side for 'patches'.
+    freeze_encoder: stop gradients at the encoder output (the frozen DINOv2).
+    slot_dim, max_slots: D_s and the padded slot count.
+    feature_mlp_hidden: hidden width of the feature MLP.
+    iters_first, iters: slot-attention iterations on frame 0 and later frames.
+    eps, gru_hidden: slot attention (SPEC §4.4, Q2).
+    predictor_blocks, predictor_heads, predictor_mlp_ratio, logit_scale: SPEC §4.5 (Q1).
+    decoder_hidden: hidden widths of the decoder MLP.
+    dtype: compute dtype of the trainable Linears.
+  """
+  encoder: nn.Module | None
+  input_dim: int
+  target_dim: int
+  num_patches: int
+  target: str = 'features'
+  patch_size: int = 14
+  freeze_encoder: bool = True
+  slot_dim: int = 64
+  max_slots: int = 11
+  feature_mlp_hidden: int = 768
+  iters_first: int = 3
+  iters: int = 2
+  eps: float = 1e-8
+  gru_hidden: str = 'normed'
+  predictor_blocks: int = 1
+  predictor_heads: int = 4
+  predictor_mlp_ratio: int = 4
+  logit_scale: str = 'reference'
+  decoder_hidden: Sequence[int] = (1024, 1024, 1024)
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.feature_mlp = layers.MLP(hidden=(self.feature_mlp_hidden,), out_features=self.slot_dim,
+                                  layer_norm_first=True, dtype=self.dtype)
+    self.initializer = SlotInitializer(self.max_slots, self.slot_dim)
+    self.corrector = slot_attention.SlotAttention(self.slot_dim, eps=self.eps,
+                                                  gru_hidden=self.gru_hidden, dtype=self.dtype)
+    self.predictor = predictor_lib.Predictor(self.predictor_blocks, self.predictor_heads,
+                                             self.predictor_mlp_ratio, self.logit_scale,
+                                             dtype=self.dtype)
+    self.decoder = decoder_lib.MLPDecoder(self.num_patches, self.target_dim,
+                                          tuple(self.decoder_hidden), dtype=self.dtype)
+
+  def __call__(self, video: jax.Array, active_mask: jax.Array, rollout: str = 'forward',
+               num_frames: jax.Array | None = None,
+               initial_state: jax.Array | None = None) -> dict[str, jax.Array]:
+    """video: [B, T, H, W, 3] float32, ImageNet-normalised; see `process` for the rest."""
+    features_in, targets = self.encode(video)
+    return self.process(features_in, targets, active_mask, rollout, num_frames, initial_state)
+
+  def encode(self, video: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """video: [B, T, H, W, 3] -> (features_in [B, T, N, D_in], targets [B, T, N, D_f]).
+
+    The targets are stop-gradient; so are the features when the encoder is frozen, so
+    no backward pass runs through DINOv2.
+    """
+    if self.encoder is None:
+      raise ValueError('this VideoSlotModel has no encoder; call process() with features')
+    if video.ndim != 5 or video.shape[-1] != 3:
+      raise ValueError(f'video must be [B, T, H, W, 3], got {video.shape}')
+    encoders.check_grid(video.shape[2:], self.patch_size)
+    encode_frames = _over_time(lambda module, frames: module.encoder(frames))
+    _, features_in = encode_frames(self, None, video)
+    if self.freeze_encoder:
+      features_in = jax.lax.stop_gradient(features_in)
+    if self.target == 'features':
+      targets = features_in
+    elif self.target == 'patches':
+      b, t = video.shape[:2]
+      targets = encoders.patchify(video.reshape((b * t,) + video.shape[2:]), self.patch_size)
+      targets = targets.reshape((b, t) + targets.shape[1:])
+    else:
+      raise ValueError(f"target={self.target!r}; use 'features' or 'patches'")
+    return features_in, jax.lax.stop_gradient(targets)
+
+  def process(self, features_in: jax.Array, targets: jax.Array, active_mask: jax.Array,
+              rollout: str = 'forward', num_frames: jax.Array | None = None,
+              initial_state: jax.Array | None = None) -> dict[str, jax.Array]:
+    """The slot stack on encoder outputs.
+
+    Args:
+      features_in: [B, T, N, D_in] encoder features.
+      targets: [B, T, N, D_f] reconstruction targets (stop-gradient is applied here).
+      active_mask: [max_slots] bool.
+      rollout: 'forward' or 'cyclic' (SlotCurri evaluation, SPEC §8: frames 0..T-2 from
+        a backward pass with 2 iterations each, frame T-1 from the forward pass).
+      num_frames: optional int [B], real lengths of time-padded videos. The forward
+        rollout is causal; the cyclic backward pass starts from Pred(S^f_{len-1}) per
+        example and frames >= len-1 keep their forward result.
+      initial_state: optional [B, max_slots, D_s] predicted slots entering frame 0
+        (carrying slots across chunks of a long video); frame 0 then runs `iters`
+        iterations from it instead of `iters_first` from the placeholders.
+
+    Returns a dict: features [B,T,N,D_s], targets [B,T,N,D_f], slots and
+    slots_predicted [B,T,K,D_s], sa_masks / sa_logits / dec_masks / dec_alpha
+    [B,T,K,N], recon [B,T,N,D_f], with K = max_slots.
+    """
+    self._check_inputs(features_in, targets, active_mask, rollout, initial_state)
+    b, t = features_in.shape[:2]
+    features = self.feature_mlp(features_in).astype(jnp.float32)
+
+    # Frame 0, peeled off the scan: it starts from the placeholders with more iterations.
+    placeholders = self.initializer(b)
+    if initial_state is None:
+      start, iters0 = placeholders, self.iters_first
+    else:
+      start, iters0 = initial_state.astype(jnp.float32), self.iters
+    slots0, masks0, logits0 = self.corrector(features[:, 0], start, active_mask, iters0)
+    frame0 = (slots0, self.predictor(slots0, active_mask), masks0, logits0)
+
+    def step(module, carry, frame_features):
+      slots, masks, logits = module.corrector(frame_features, carry, active_mask, self.iters)
+      predicted = module.predictor(slots, active_mask)
+      return predicted, (slots, predicted, masks, logits)
+
+    if t > 1:
+      scan = nn.scan(step, variable_broadcast='params', split_rngs={'params': False},
+                     in_axes=1, out_axes=1)
+      _, rest = scan(self, frame0[1], features[:, 1:])
+      forward = tuple(jnp.concatenate([a[:, None], r], axis=1) for a, r in zip(frame0, rest))
+    else:
+      forward = tuple(a[:, None] for a in frame0)
+
+    per_frame = forward
+    if rollout == 'cyclic' and t > 1:
+      per_frame = self._backward(features, forward, active_mask, num_frames)
+    slots, predicted, sa_masks, sa_logits = per_frame
+
+    decode = _over_time(lambda module, s: module.decoder(s, active_mask))
+    _, dec = decode(self, None, slots)
+    return {
+        'features': features,
+        'targets': jax.lax.stop_gradient(targets),
+        'slots': slots,
+        'slots_predicted': predicted,
+        'sa_masks': sa_masks,
+        'sa_logits': sa_logits,
+        'dec_masks': dec['masks'],
+        'dec_alpha': dec['alpha'],
+        'recon': dec['recon'],
+    }
+
+  def _backward(self, features, forward, active_mask, num_frames):
+    """The backward half of the cyclic rollout (SPEC §8, §17.6), frames T-2 .. 0.
+
+    The carry h is Pred(S^b_{t+1}); at t = len-2 it is replaced by Pred(S^f_{len-1}), so
+    each example starts from its own last real frame. Q8: 2 iterations on every frame,
+    frame 0 included.
+    """
+    b, t = features.shape[:2]
+    lengths = (jnp.full((b,), t, jnp.int32) if num_frames is None
+               else jnp.asarray(num_frames, jnp.int32).reshape(b))
+    fwd_slots, fwd_predicted = forward[0], forward[1]
+
+    def step(module, carry, frame_features, next_forward_predicted, index):
+      begin = (index >= lengths - 2)[:, None, None]
+      carry = jnp.where(begin, next_forward_predicted, carry)
+      slots, masks, logits = module.corrector(frame_features, carry, active_mask, self.iters)
+      predicted = module.predictor(slots, active_mask)
+      return predicted, (slots, predicted, masks, logits)
+
+    scan = nn.scan(step, variable_broadcast='params', split_rngs={'params': False},
+                   in_axes=(1, 1, 0), out_axes=1, reverse=True)
+    _, backward = scan(self, fwd_predicted[:, -1], features[:, :-1], fwd_predicted[:, 1:],
+                       jnp.arange(t - 1))
+    keep_backward = (jnp.arange(t)[None, :] < (lengths - 1)[:, None])  # [B, T]
+    mixed = []
+    for bwd, fwd in zip(backward, forward):
+      bwd = jnp.concatenate([bwd, fwd[:, -1:]], axis=1)
+      mask = keep_backward.reshape(keep_backward.shape + (1,) * (fwd.ndim - 2))
+      mixed.append(jnp.where(mask, bwd, fwd))
+    return tuple(mixed)
+
+  def _check_inputs(self, features_in, targets, active_mask, rollout, initial_state):
+    if rollout not in ROLLOUTS:
+      raise ValueError(f'rollout={rollout!r}; use one of {ROLLOUTS}')
+    if features_in.ndim != 4 or features_in.shape[2:] != (self.num_patches, self.input_dim):
+      raise ValueError(f'features_in must be [B, T, N={self.num_patches}, D_in={self.input_dim}], '
+                       f'got {features_in.shape}')
+    if targets.shape[:3] != features_in.shape[:3] or targets.shape[-1] != self.target_dim:
+      raise ValueError(f'targets must be [B, T, N, D_f={self.target_dim}] matching features '
+                       f'{features_in.shape[:3]}, got {targets.shape}')
+    if active_mask.shape != (self.max_slots,):
+      raise ValueError(f'active_mask has shape {active_mask.shape} but max_slots='
+                       f'{self.max_slots}: pass a bool mask of exactly max_slots entries '
+                       '(more active slots than max_slots is not possible)')
+    if active_mask.dtype != jnp.bool_:
+      raise ValueError(f'active_mask must be bool, got {active_mask.dtype}')
+    want = (features_in.shape[0], self.max_slots, self.slot_dim)
+    if initial_state is not None and initial_state.shape != want:
+      raise ValueError(f'initial_state must be [B, max_slots, D_s] = {want}, '
+                       f'got {initial_state.shape}')
+
+
+def _slot_stack_kwargs(config) -> dict:
+  mc = config.model
+  sa, pc = mc.slot_attention, mc.predictor
+  return dict(
+      slot_dim=mc.slot_dim, max_slots=mc.max_slots,
+      iters_first=sa.iters_first, iters=sa.iters, eps=sa.eps, gru_hidden=sa.gru_hidden,
+      predictor_blocks=pc.num_blocks, predictor_heads=pc.num_heads,
+      predictor_mlp_ratio=pc.mlp_ratio, logit_scale=pc.logit_scale,
+      decoder_hidden=tuple(mc.decoder.hidden), dtype=layers.dtype_from_name(mc.compute_dtype))
+
+
+def build_model(config) -> VideoSlotModel:
+  """The model of `config.model` for frames of side `config.data.resolution`."""
+  dims = encoders.encoder_dims(config)
+  kind = config.model.encoder.kind
+  hidden = config.model.feature_mlp_hidden or 2 * dims['input_dim']
+  return VideoSlotModel(
+      encoder=encoders.build_encoder(config), input_dim=dims['input_dim'],
+      target_dim=dims['target_dim'], num_patches=dims['grid'] ** 2,
+      target='features' if kind == 'dinov2' else 'patches', patch_size=dims['patch_size'],
+      freeze_encoder=kind == 'dinov2', feature_mlp_hidden=hidden, **_slot_stack_kwargs(config))
+
+
+def build_slot_stack(config, input_dim: int, target_dim: int, num_patches: int) -> VideoSlotModel:
+  """A model without encoder, fed backbone tokens through `process` (golden fixtures,
+  precomputed features). Sizes other than the encoder's come from `config.model`."""
+  hidden = config.model.feature_mlp_hidden or 2 * input_dim
+  return VideoSlotModel(encoder=None, input_dim=input_dim, target_dim=target_dim,
+                        num_patches=num_patches, feature_mlp_hidden=hidden,
+                        **_slot_stack_kwargs(config))

@@ -1,0 +1,290 @@
+r"""Check our implementation against golden reference fixtures.
+
+  python -m slotcurri_jax.tools.check_fixture ../shared/fixtures/reference/*.npz
+
+For each file: detect its kind (slot_model, dinov2_vit, spawn, ssync, metrics), rebuild
+what it tests from the file's own `config` (never from fixed sizes), run it, and print
+one JSON line per output:
+  {"file", "kind", "output", "max_abs_err", "rel_l2_err", "tol", "ok"}
+The exit status is 1 when any output exceeds its tolerance (the fixture README's
+table), else 0. Lines with "ok": null are outputs not checked here.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from slotcurri_jax import config as config_lib
+from slotcurri_jax import losses
+from slotcurri_jax.models import dinov2
+from slotcurri_jax.models import video_model
+from slotcurri_jax.tools import import_reference
+
+# Tolerances of the fixture README ("Tolerances to expect").
+TOL_FORWARD = dict(atol=1e-5, rtol=1e-4)
+TOL_LOSS = dict(atol=1e-5, rtol=0.0)
+TOL_SSIM = dict(atol=2e-5, rtol=0.0)
+TOL_GRAD = dict(atol=1e-5, rtol=1e-3)
+TOL_SLOT_ERROR = dict(atol=1e-6, rtol=0.0)
+TOL_TOKENS = dict(atol=1e-5, rtol=0.0)
+TOL_POS_EMBED = dict(atol=1e-6, rtol=0.0)
+TOL_EXACT = dict(atol=0.0, rtol=0.0)
+
+FORWARD_KEYS = ('features', 'slots', 'slots_predicted', 'sa_masks', 'sa_logits', 'dec_masks',
+                'dec_alpha', 'recon')
+PER_SLOT_KEYS = ('slots', 'slots_predicted', 'sa_masks', 'sa_logits', 'dec_masks', 'dec_alpha')
+# (fixture prefix, our rollout, all slots active?) of slot_model.npz.
+ROLLOUTS = (('fwd', 'forward', False), ('fwdN', 'forward', True), ('cyc', 'cyclic', True))
+
+
+def compare(ours, ref, atol: float, rtol: float) -> dict:
+  """max |ours - ref|, relative L2 error and whether |ours - ref| <= atol + rtol*|ref|."""
+  ours = np.asarray(ours, np.float64)
+  ref = np.asarray(ref, np.float64)
+  if ours.shape != ref.shape:
+    return dict(max_abs_err=None, rel_l2_err=None, tol=dict(atol=atol, rtol=rtol), ok=False,
+                note=f'shape {ours.shape} != reference {ref.shape}')
+  diff = np.abs(ours - ref)
+  norm = np.linalg.norm(ref)
+  return dict(max_abs_err=float(diff.max()) if diff.size else 0.0,
+              rel_l2_err=float(np.linalg.norm(ours - ref) / norm) if norm > 0 else float(
+                  np.linalg.norm(ours - ref)),
+              tol=dict(atol=atol, rtol=rtol),
+              ok=bool(np.all(diff <= atol + rtol * np.abs(ref))))
+
+
+def fixture_config(data) -> dict:
+  return json.loads(str(data['config']))
+
+
+# ------------------------------------------------------------------ slot_model
+
+def slot_model_config(cfg: dict):
+  """Our config for slot_model.npz's slot stack (sizes from the fixture's config)."""
+  c = config_lib.default_config()
+  sizes = cfg['sizes']
+  c.model.slot_dim = sizes['D_s']
+  c.model.max_slots = sizes['N_slots_total']
+  c.model.feature_mlp_hidden = cfg['feature_mlp']['hidden']
+  c.model.decoder.hidden = tuple(cfg['decoder']['hidden'])
+  sa, pc = cfg['slot_attention'], cfg['predictor']
+  c.model.slot_attention.iters_first = sa['n_iters_first_frame']
+  c.model.slot_attention.iters = sa['n_iters']
+  c.model.slot_attention.eps = sa['eps']
+  c.model.slot_attention.gru_hidden = 'normed' if sa['gru_hidden_is_normed_slots'] else 'raw'
+  if sa['mlp_hidden'] != 4 * sizes['D_s'] or sa['kvq_dim'] != sizes['D_s']:
+    raise ValueError(f'slot attention with mlp_hidden={sa["mlp_hidden"]}, kvq_dim='
+                     f'{sa["kvq_dim"]} is not our architecture (4*D_s, D_s)')
+  c.model.predictor.num_blocks = pc['n_blocks']
+  c.model.predictor.num_heads = pc['n_heads']
+  c.model.predictor.mlp_ratio = pc['ffn_hidden'] // sizes['D_s']
+  c.loss.ss_temperature = cfg['losses']['ss']['temperature']
+  weights = cfg['losses']['weights']
+  c.loss.mse_weight, c.loss.ss_weight, c.loss.ssim_weight = (
+      weights['mse'], weights['ss'], weights['ssim'])
+  return c
+
+
+def slot_model_from_fixture(data):
+  """(config, model, params, X, K) of a slot_model fixture."""
+  cfg = fixture_config(data)
+  config = slot_model_config(cfg)
+  sizes = cfg['sizes']
+  state_dict = {k[len('param/'):]: data[k] for k in data.files if k.startswith('param/')}
+  params = import_reference.state_dict_to_params(state_dict, config)
+  model = video_model.build_slot_stack(config, sizes['D_f'], sizes['D_f'], sizes['N_patch'])
+  return config, model, params, jnp.asarray(data['in/X']), sizes['K_active_train']
+
+
+def total_loss_fn(config, model, grid_hw: tuple[int, int]) -> Callable:
+  """loss(params, X, active, rollout) -> (total, (terms, outputs)) of SPEC §6.4 (SlotCurri)."""
+  lc = config.loss
+
+  def loss(params, x, active, rollout):
+    out = model.apply({'params': params}, x, x, active, rollout, method=model.process)
+    terms = {
+        'loss_mse': losses.feature_mse(out['recon'], out['targets']),
+        'loss_ss': losses.slot_contrast(out['slots'], active, lc.ss_temperature,
+                                        group_size=x.shape[0]),
+        'loss_ssim': losses.ssim3d(out['recon'], out['targets'], grid_hw),
+    }
+    total = (lc.mse_weight * terms['loss_mse'] + lc.ss_weight * terms['loss_ss']
+             + lc.ssim_weight * terms['loss_ssim'])
+    return total, (dict(terms, loss_total=total), out)
+
+  return loss
+
+
+def slot_model_outputs(data) -> dict[str, np.ndarray]:
+  """Our values for every checked key of a slot_model fixture, under the fixture's names
+  ('fwd/slots' ... with per-slot outputs sliced to the active rows, 'grad/<key>', ...)."""
+  config, model, params, x, k = slot_model_from_fixture(data)
+  max_slots = config.model.max_slots
+  grid = int(round(x.shape[2] ** 0.5))
+  value_and_grad = jax.jit(jax.value_and_grad(total_loss_fn(config, model, (grid, grid)),
+                                              has_aux=True), static_argnums=3)
+  ours = {}
+  for prefix, rollout, all_slots in ROLLOUTS:
+    n_active = max_slots if all_slots else k
+    active = jnp.arange(max_slots) < n_active
+    (_, (terms, out)), grads = value_and_grad(params, x, active, rollout)
+    for key in FORWARD_KEYS:
+      value = np.asarray(out[key])
+      ours[f'{prefix}/{key}'] = value[:, :, :n_active] if key in PER_SLOT_KEYS else value
+    for key, value in terms.items():
+      ours[f'{prefix}/{key}'] = np.asarray(value)
+    grad_prefix = {'fwd': 'grad', 'cyc': 'grad_cyc'}.get(prefix)
+    if grad_prefix:
+      for key, value in import_reference.params_to_state_dict(grads, config).items():
+        ours[f'{grad_prefix}/{key}'] = value
+    if prefix == 'fwd':
+      ours['fwd/slot_error'] = _slot_error(out, n_active)
+  return ours
+
+
+def _slot_error(out, n_active):
+  try:
+    from slotcurri_jax import curriculum  # pylint: disable=import-outside-toplevel
+    error = curriculum.slot_error(out['dec_masks'], out['recon'], out['targets'])
+  except (ImportError, AttributeError):
+    return None
+  return np.asarray(error)[:n_active]
+
+
+def _slot_model_tolerance(name: str) -> dict:
+  if name.startswith(('grad/', 'grad_cyc/')):
+    return TOL_GRAD
+  if name.endswith('loss_ssim'):
+    return TOL_SSIM
+  if '/loss_' in name:
+    return TOL_LOSS
+  if name.endswith('slot_error'):
+    return TOL_SLOT_ERROR
+  return TOL_FORWARD
+
+
+def check_slot_model(path: pathlib.Path, data) -> Iterator[dict]:
+  ours = slot_model_outputs(data)
+  for name, value in ours.items():
+    if value is None:
+      yield dict(output=name, max_abs_err=None, rel_l2_err=None, tol=None, ok=None,
+                 note='curriculum.slot_error not available')
+      continue
+    if f'out/{name}' in data.files:
+      ref = data[f'out/{name}']
+    elif name in data.files:
+      ref = data[name]
+    else:
+      continue
+    yield dict(output=name, **compare(value, ref, **_slot_model_tolerance(name)))
+  # Rows K..N-1 of the placeholders take no part in training: exactly zero gradient.
+  k = fixture_config(data)['sizes']['K_active_train']
+  yield dict(output='grad/initializer.slots[K:] == 0',
+             **compare(ours['grad/initializer.slots'][:, k:],
+                       np.zeros_like(ours['grad/initializer.slots'][:, k:]), **TOL_EXACT))
+
+
+# ------------------------------------------------------------------ dinov2_vit
+
+def check_dinov2_vit(path: pathlib.Path, data) -> Iterator[dict]:
+  arch = fixture_config(data)['arch']
+  state_dict = {k[len('param/'):]: data[k] for k in data.files if k.startswith('param/')}
+  params = dinov2.state_dict_to_params(state_dict)
+  model = dinov2.DinoV2(arch['embed_dim'], arch['depth'], arch['num_heads'],
+                        patch_size=arch['patch_size'], native_grid=arch['pos_grid_native'][0],
+                        mlp_ratio=arch['mlp_ratio'])
+  images = jnp.asarray(data['in/images']).transpose(0, 2, 3, 1)  # NCHW -> NHWC
+  tokens = jax.jit(lambda p, x: model.apply({'params': p}, x))(params, images)
+  yield dict(output='tokens', **compare(tokens, data['out/tokens'], **TOL_TOKENS))
+  grid = images.shape[1] // arch['patch_size']
+  pos = dinov2.resample_pos_embed(jnp.asarray(params['pos_embed']), grid)
+  yield dict(output='pos_embed_resampled',
+             **compare(pos, data['out/pos_embed_resampled'], **TOL_POS_EMBED))
+
+
+# ------------------------------------------------------------------ others (wired by the lead)
+
+def _not_implemented() -> Iterator[dict]:
+  yield dict(output=None, max_abs_err=None, rel_l2_err=None, tol=None, ok=None,
+             note='not implemented')
+
+
+def check_spawn(path: pathlib.Path, data) -> Iterator[dict]:
+  del path, data
+  return _not_implemented()
+
+
+def check_ssync(path: pathlib.Path, data) -> Iterator[dict]:
+  del path, data
+  return _not_implemented()
+
+
+def check_metrics(path: pathlib.Path, data) -> Iterator[dict]:
+  del path, data
+  return _not_implemented()
+
+
+CHECKS: dict[str, Callable[[pathlib.Path, Any], Iterator[dict]]] = {
+    'slot_model': check_slot_model,
+    'dinov2_vit': check_dinov2_vit,
+    'spawn': check_spawn,
+    'ssync': check_ssync,
+    'metrics': check_metrics,
+}
+
+
+def detect_kind(data) -> str:
+  """The fixture kind from config['fixture'], else from characteristic keys."""
+  if 'config' in data.files:
+    kind = fixture_config(data).get('fixture')
+    if kind in CHECKS:
+      return kind
+  files = set(data.files)
+  by_key = (('slot_model', 'param/initializer.slots'), ('dinov2_vit', 'out/tokens'),
+            ('spawn', 'stage1/in/P'), ('ssync', 'in/zA'), ('metrics', 'movi/out/ari'))
+  for kind, key in by_key:
+    if key in files:
+      return kind
+  raise ValueError(f'cannot tell the fixture kind of keys {sorted(files)[:8]}...')
+
+
+def check_file(path: str | pathlib.Path) -> list[dict]:
+  path = pathlib.Path(path)
+  with np.load(path, allow_pickle=False) as z:
+    data = _Loaded(z)
+  kind = detect_kind(data)
+  return [dict(file=str(path), kind=kind, **record) for record in CHECKS[kind](path, data)]
+
+
+class _Loaded:
+  """An np.load result read into memory (so the file can be closed), same interface."""
+
+  def __init__(self, npz):
+    self.files = list(npz.files)
+    self._arrays = {k: npz[k] for k in self.files}
+
+  def __getitem__(self, key):
+    return self._arrays[key]
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  if not argv:
+    print(__doc__)
+    return 2
+  failed = False
+  for path in argv:
+    for record in check_file(path):
+      print(json.dumps(record), flush=True)
+      failed |= record['ok'] is False
+  return 1 if failed else 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
