@@ -74,7 +74,8 @@ def global_to_host(x: Any) -> Any:
   return multihost_utils.process_allgather(x, tiled=True)
 
 
-def _path_name(path) -> str:
+def path_name(path) -> str:
+  """A pytree key path as the '/'-joined name param_rules match: 'decoder/mlp/dense_0/kernel'."""
   parts = []
   for k in path:
     parts.append(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))))
@@ -87,7 +88,7 @@ def param_specs(params: Any, rules: Sequence[tuple[str, tuple]] = ()) -> Any:
   compiled = [(re.compile(pattern), tuple(spec)) for pattern, spec in rules]
 
   def spec_for(path, leaf):
-    name = _path_name(path)
+    name = path_name(path)
     for pattern, spec in compiled:
       if pattern.search(name):
         if len(spec) > np.ndim(leaf):
@@ -99,5 +100,19 @@ def param_specs(params: Any, rules: Sequence[tuple[str, tuple]] = ()) -> Any:
 
 
 def param_shardings(params: Any, mesh: Mesh, rules: Sequence[tuple[str, tuple]] = ()) -> Any:
-  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs(params, rules),
-                      is_leaf=lambda x: isinstance(x, P))
+  """NamedShardings of `param_specs`; every split dimension must divide evenly."""
+  specs = param_specs(params, rules)
+
+  def sharding_for(path, leaf, spec):
+    shape = np.shape(leaf)
+    for dim, axes in enumerate(spec):
+      axes = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+      parts = int(np.prod([mesh.shape[a] for a in axes]))
+      if shape[dim] % parts:
+        raise ValueError(
+            f'param {path_name(path)} of shape {shape} cannot be split {parts} ways on '
+            f'dimension {dim} by spec {spec} (mesh {dict(mesh.shape)}); change '
+            f'config.mesh.param_rules to split a dimension that {parts} divides, or mesh.fsdp')
+    return NamedSharding(mesh, spec)
+
+  return jax.tree_util.tree_map_with_path(sharding_for, params, specs)

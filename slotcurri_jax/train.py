@@ -37,28 +37,13 @@ TrainState = train_state_lib.TrainState
 
 # --------------------------------------------------------------------------- model and state
 
-def init_params(config, model, rng: jax.Array) -> Any:
-  """Random params for the trainable parts, pretrained weights for the frozen encoder."""
-  pretrained = encoders.load_encoder_params(config)  # first: missing weights fail before compiling
-  t = config.data.train_clip_len
-  r = config.data.resolution
-  video = jnp.zeros((1, t, r, r, 3), jnp.float32)
-  active = jnp.ones((config.model.max_slots,), bool)
-  params = jax.jit(model.init)(rng, video, active)['params']
-  if pretrained is not None:
-    params = dict(params)
-    params['encoder'] = jax.tree.map(jnp.asarray, pretrained)
-  return params
-
-
 def create_state(config, model, mesh, rng: jax.Array) -> tuple[TrainState, Any]:
   """A fresh TrainState placed on `mesh`, and the state's shardings.
 
   The state is created inside one jit with out_shardings: each device only ever holds
   its own shards (fsdp), and no multi-process device_put (which checks every leaf for
   equality across hosts, one collective per leaf) is needed. Pretrained encoder weights
-  are then placed shard by shard from host memory. Same values as `init_params` +
-  `create_train_state`.
+  are then placed shard by shard from host memory.
   """
   params_rng, state_rng = jax.random.split(rng)
   pretrained = encoders.load_encoder_params(config)  # first: missing weights fail before compiling

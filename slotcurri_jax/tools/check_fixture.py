@@ -7,7 +7,7 @@ what it tests from the file's own `config` (never from fixed sizes), run it, and
 one JSON line per output:
   {"file", "kind", "output", "max_abs_err", "rel_l2_err", "tol", "ok"}
 The exit status is 1 when any output exceeds its tolerance (the fixture README's
-table), else 0. Lines with "ok": null are outputs not checked here.
+table; exact equality for labels, masks and indices), else 0.
 """
 from __future__ import annotations
 
@@ -21,7 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from slotcurri_jax import config as config_lib
+from slotcurri_jax import curriculum
 from slotcurri_jax import losses
+from slotcurri_jax import metrics
+from slotcurri_jax import ssync
 from slotcurri_jax.models import dinov2
 from slotcurri_jax.models import video_model
 from slotcurri_jax.tools import import_reference
@@ -149,11 +152,7 @@ def slot_model_outputs(data) -> dict[str, np.ndarray]:
 
 
 def _slot_error(out, n_active):
-  try:
-    from slotcurri_jax import curriculum  # pylint: disable=import-outside-toplevel
-    error = curriculum.slot_error(out['dec_masks'], out['recon'], out['targets'])
-  except (ImportError, AttributeError):
-    return None
+  error = curriculum.slot_error(out['dec_masks'], out['recon'], out['targets'])
   return np.asarray(error)[:n_active]
 
 
@@ -172,10 +171,6 @@ def _slot_model_tolerance(name: str) -> dict:
 def check_slot_model(path: pathlib.Path, data) -> Iterator[dict]:
   ours = slot_model_outputs(data)
   for name, value in ours.items():
-    if value is None:
-      yield dict(output=name, max_abs_err=None, rel_l2_err=None, tol=None, ok=None,
-                 note='curriculum.slot_error not available')
-      continue
     if f'out/{name}' in data.files:
       ref = data[f'out/{name}']
     elif name in data.files:
@@ -208,26 +203,99 @@ def check_dinov2_vit(path: pathlib.Path, data) -> Iterator[dict]:
              **compare(pos, data['out/pos_embed_resampled'], **TOL_POS_EMBED))
 
 
-# ------------------------------------------------------------------ others (wired by the lead)
-
-def _not_implemented() -> Iterator[dict]:
-  yield dict(output=None, max_abs_err=None, rel_l2_err=None, tol=None, ok=None,
-             note='not implemented')
-
+# ------------------------------------------------------------------ spawn
 
 def check_spawn(path: pathlib.Path, data) -> Iterator[dict]:
-  del path, data
-  return _not_implemented()
+  """Each stageK case: curriculum.spawn with the fixture's unit directions injected."""
+  del path
+  spawn = jax.jit(curriculum.spawn, static_argnames=('scale', 'neighbor', 'norm_rows', 'mode'))
+  for case in sorted({k.split('/')[0] for k in data.files if k.startswith('stage')}):
+    d = {k[len(case) + 1:]: data[k] for k in data.files if k.startswith(case + '/')}
+    p = d['in/P']
+    k_max, dim = p.shape
+    k_old, k_new = int(d['in/K_old']), int(d['in/K_new'])
+    errors = np.zeros((k_max,), np.float32)
+    errors[:k_old] = d['in/e']
+    directions = np.zeros((k_max, dim), np.float32)
+    directions[:k_new - k_old] = d['in/directions_unit']
+    new_p, info = spawn(p, errors, k_old, k_new, jax.random.PRNGKey(0), directions=directions)
+    yield dict(output=f'{case}/P_new', **compare(new_p, d['out/P_new'], **TOL_SLOT_ERROR))
+    for name, ours in (('counts', info['counts'][:k_old]),
+                       ('child_parent', info['child_parent'][:k_new - k_old]),
+                       ('nn_idx', info['nn_idx'][:k_old])):
+      yield dict(output=f'{case}/{name}', **compare(ours, d[f'out/{name}'], **TOL_EXACT))
+    for name in ('distance', 'mean_norm', 'sigma'):
+      yield dict(output=f'{case}/{name}',
+                 **compare(np.asarray(info[name])[:k_old], d[f'out/{name}'], **TOL_SLOT_ERROR))
 
+
+# ------------------------------------------------------------------ ssync
 
 def check_ssync(path: pathlib.Path, data) -> Iterator[dict]:
-  del path, data
-  return _not_implemented()
+  """Every case of ssync.npz (keys without a prefix, and 'slotmodel_case/...')."""
+  del path
+  config = fixture_config(data)
+  for case, cc in config['cases'].items():
+    prefix = '' if case == 'main' else case
+    case = case.rstrip('/')
+    f = {k[len(prefix):]: data[k] for k in data.files
+         if k.startswith(prefix) and (prefix or not k.startswith('slotmodel_case/'))}
+    z_enc, z_dec = jnp.asarray(f['in/zA']), jnp.asarray(f['in/zD'])
+    active = jnp.ones(z_enc.shape[2], bool)
+    # The reference pooled the whole batch in one process: group_size = B.
+    kw = dict(tau_merge=cc['tau'], n_bd=config['n_bd'], n_noise=config['n_noise'],
+              n_nbd=config['n_nbd'], temperature=config['loss_temperature'],
+              group_size=z_enc.shape[0])
 
+    def total(a, d, kw=kw):
+      loss_bd, loss_in, aux = ssync.ssync_losses(a, d, active, **kw)
+      return loss_bd + loss_in, (loss_bd, loss_in, aux)
+
+    (_, (loss_bd, loss_in, aux)), (grad_enc, grad_dec) = jax.jit(jax.value_and_grad(
+        total, argnums=(0, 1), has_aux=True))(z_enc, z_dec)
+    exact = {key: aux[key] for key in ('labels_enc', 'labels_dec', 'labels_enc_merged',
+                                       'labels_dec_merged')}
+    exact.update(merge_mapping=aux['mapping'], boundary_mask=aux['boundary'],
+                 interior_mask=aux['interior'])
+    for name, ours in exact.items():
+      yield dict(output=f'{case}/{name}', **compare(ours, f[f'out/{name}'], **TOL_EXACT))
+    for name, ours, tol in (('loss_bd', loss_bd, TOL_LOSS), ('loss_in', loss_in, TOL_LOSS),
+                            ('grad_zA', grad_enc, TOL_GRAD), ('grad_zD', grad_dec, TOL_GRAD)):
+      yield dict(output=f'{case}/{name}', **compare(ours, f[f'out/{name}'], **tol))
+
+
+# ------------------------------------------------------------------ metrics
 
 def check_metrics(path: pathlib.Path, data) -> Iterator[dict]:
-  del path, data
-  return _not_implemented()
+  """The 'movi' and 'ytvis' cases: resize, argmax, video and per-frame FG-ARI / mBO."""
+  del path
+  for case in ('movi', 'ytvis'):
+    d = {k[len(case) + 1:]: data[k] for k in data.files if k.startswith(case + '/')}
+    if not d:
+      continue
+    if case == 'ytvis':  # instance channels -> ids (channel c is id c + 1, 0 = none)
+      mask = d['in/true_mask'].astype(bool)
+      true = np.where(mask.any(2), mask.argmax(2) + 1, 0).astype(np.int32)
+    else:
+      true = d['in/true_ids']
+    soft = jnp.asarray(d['in/pred_soft'])
+    out_hw = true.shape[-2:]
+    yield dict(output=f'{case}/pred_resized',
+               **compare(metrics.upsample_masks(soft, out_hw), d['out/pred_resized'],
+                         **TOL_TOKENS))
+    pred = np.asarray(metrics.masks_to_ids(soft, jnp.ones((soft.shape[2],), bool), out_hw))
+    yield dict(output=f'{case}/pred_labels', **compare(pred, d['out/pred_labels'], **TOL_EXACT))
+    ours = dict(ari=metrics.fg_ari(pred, true), mbo=metrics.mbo(pred, true))
+    for name in ('ari', 'mbo'):
+      yield dict(output=f'{case}/{name}_per_video',
+                 **compare(ours[name], d[f'out/{name}_per_video'], **TOL_TOKENS))
+    for name, fn in (('image_ari', metrics.image_fg_ari), ('image_mbo', metrics.image_mbo)):
+      values, counted = fn(pred, true, ignore_background=True, convention=case)
+      yield dict(output=f'{case}/{name}_per_frame_counted',
+                 **compare(counted, d[f'out/{name}_per_frame_counted'], **TOL_EXACT))
+      per_video = [values[b][counted[b]].mean() for b in range(values.shape[0])]
+      yield dict(output=f'{case}/{name}_per_video',
+                 **compare(per_video, d[f'out/{name}_per_video'], **TOL_TOKENS))
 
 
 CHECKS: dict[str, Callable[[pathlib.Path, Any], Iterator[dict]]] = {

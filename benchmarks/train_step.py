@@ -1,0 +1,562 @@
+r"""Training-step speed, memory and FLOPs of the demo and MOVi-C models; evaluation rollouts.
+
+  python benchmarks/train_step.py                                  # demo + MOVi-C slot stack
+  python benchmarks/train_step.py --configs=demo,movi_c_slots,movi_c_full --steps=5
+  python benchmarks/train_step.py --configs=movi_c_slots --dtypes=float32 --batch=16
+  python benchmarks/train_step.py --configs=demo_eval,movi_c_slots_eval --eval_batch=4
+
+Configurations (--configs, comma separated):
+  demo               configs/demo.py: CNN encoder, 64 px, 8x8 patches, D_s 64, 7 slots,
+                     decoder 256x3; batch 16.
+  movi_c_slots       configs/movi_c.py's slot stack alone on precomputed backbone tokens
+                     [B, 4, 576, 384] (what ../shared/ANCHORS.md timed for PyTorch): the
+                     feature MLP, slot attention, predictor, decoder 1024x3, 11 slots; batch 8.
+  movi_c_full        configs/movi_c.py with a random-init ViT-S/14 at 336 px (frozen
+                     forward inside the step); batch 8.
+  demo_eval, movi_c_slots_eval
+                     evaluate.make_eval_step at 24 frames, forward against cyclic rollout
+                     (cyclic = forward + a backward pass over frames T-2..0).
+Every training configuration runs in float32 and bfloat16 (--dtypes): config.model.compute_dtype
+(trainable Linears) and config.model.encoder.dtype (backbone); LayerNorm statistics, softmaxes
+and losses stay float32 in the model.
+
+Each (configuration, dtype) runs in a fresh subprocess, so its peak RSS is its own. The
+step is the project's train.jit_train_step (the slot-stack-only model is a VideoSlotModel
+whose `video` argument carries the tokens; see SlotStackOnFeatures). Measured:
+  * compile time of step.lower(...).compile() (no persistent cache);
+  * s/step: median over --steps steps after --warmup steps, each ended by
+    jax.block_until_ready; clips/s = batch / (s/step);
+  * peak memory: CPU, ru_maxrss of the subprocess, compilation included; and the peak
+    RSS while stepping (VmHWM reset after compiling: what a run from the persistent
+    compilation cache holds), and the baseline after imports, before the model (jax +
+    TensorFlow, which train.py imports, are ~0.75 GB of it);
+    GPU, device memory_stats()['peak_bytes_in_use'];
+  * model FLOPs per step: dot_general + convolution FLOPs counted on the step's jaxpr,
+    scan bodies multiplied by their length (XLA's cost_analysis()['flops'], also
+    reported, counts a loop body once, so it undercounts the scans over frames);
+  * MFU = FLOPs/step x steps/s / peak. CPU: the peak is *measured*, the best of a
+    4096^3 float32 and bfloat16 matmul under jit on this machine (stated in the output);
+    GPU: the vendor's dense bf16 tensor-core peak of the detected device (table below).
+Results: a table on stdout, JSON in benchmarks/results/train_step_{cpu,gpu}.json (--out).
+The GPU path (device detection, memory_stats, bf16 peak table) has not been run by us.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TRAIN_CONFIGS = ('demo', 'movi_c_slots', 'movi_c_full')
+EVAL_CONFIGS = ('demo_eval', 'movi_c_slots_eval')
+DEFAULT_BATCH = {'demo': 16, 'movi_c_slots': 8, 'movi_c_full': 8}
+DEFAULT_STEPS = {'demo': 10, 'movi_c_slots': 5, 'movi_c_full': 5}  # MOVi-C: ~25 s a step on 2 cores
+EVAL_FRAMES = 24
+
+# Dense bf16 tensor-core peaks (FLOP/s, no sparsity) by device_kind substring, vendor data sheets.
+GPU_BF16_PEAK = (
+    ('H200', 989e12), ('H100 PCIe', 756e12), ('H100', 989e12), ('GH200', 989e12),
+    ('A100', 312e12), ('L40S', 362e12), ('L4', 121e12), ('A10G', 70e12), ('V100', 125e12),
+)
+
+# ../shared/ANCHORS.md, PyTorch 2.13 CPU, 2 threads, float32, same machine kind.
+# Speed: the faster of the two allocator settings; memory: the smaller.
+PYTORCH_ANCHORS = {
+    ('demo', 16): {'s_per_step': 0.50, 'clips_per_s': 32.0, 'peak_gb': 0.9},
+    ('movi_c_slots', 8): {'s_per_step': 29.0, 'clips_per_s': 0.28, 'peak_gb': 6.9},
+    ('movi_c_slots', 16): {'s_per_step': 86.0, 'clips_per_s': 0.16, 'peak_gb': 13.2},
+}
+
+
+# --------------------------------------------------------------------------- configs and models
+
+def _config_file(name: str):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(f'{name}_config', REPO / 'configs' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(None)
+
+
+def build_config(name: str, dtype: str, batch: int):
+  """The config of a benchmark configuration (name without the _eval suffix)."""
+  c = _config_file('demo' if name == 'demo' else 'movi_c')
+  if name.startswith('movi_c'):
+    c.model.encoder.random_init = True  # no weights needed: speed does not depend on them
+  c.data.batch_size = batch
+  c.loss.contrast_group_size = min(c.loss.contrast_group_size, batch)
+  c.model.compute_dtype = dtype
+  c.model.encoder.dtype = dtype
+  return c
+
+
+def _slot_stack_class():
+  import jax.numpy as jnp
+  from slotcurri_jax.models import video_model
+
+  class SlotStackOnFeatures(video_model.VideoSlotModel):
+    """The slot stack fed with precomputed backbone tokens through `video`, so that
+    train.make_train_step and evaluate.make_eval_step run it unchanged.
+
+    video: [B, T, N, D_in] tokens, also the reconstruction target (as with the frozen
+    DINOv2). A [B, T, H, W, 3] frame batch (the dummy input train.py initialises with)
+    stands for zero tokens of the right shape.
+    """
+
+    def __call__(self, video, active_mask, rollout='forward', num_frames=None,
+                 initial_state=None):
+      if video.ndim == 5:
+        video = jnp.zeros(video.shape[:2] + (self.num_patches, self.input_dim), jnp.float32)
+      return self.process(video, video, active_mask, rollout, num_frames, initial_state)
+
+  return SlotStackOnFeatures
+
+
+def build_model(name: str, config):
+  """(model, input shape [B, T, ...] for one training clip batch of `config`)."""
+  from slotcurri_jax.models import encoders
+  from slotcurri_jax.models import video_model
+  b, t, r = config.data.batch_size, config.data.train_clip_len, config.data.resolution
+  if name == 'movi_c_slots':
+    dims = encoders.encoder_dims(config)
+    base = video_model.build_slot_stack(config, dims['input_dim'], dims['target_dim'],
+                                        dims['grid'] ** 2)
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)
+              if f.init and f.name not in ('parent', 'name')}
+    model = _slot_stack_class()(**fields)
+    return model, (b, t, dims['grid'] ** 2, dims['input_dim'])
+  return video_model.build_model(config), (b, t, r, r, 3)
+
+
+# --------------------------------------------------------------------------- FLOPs
+
+def _prod(xs) -> int:
+  out = 1
+  for x in xs:
+    out *= int(x)
+  return out
+
+
+def _sub_jaxprs(value):
+  """Jaxprs held by an equation parameter (ClosedJaxpr, Jaxpr, or a tuple of them)."""
+  if hasattr(value, 'eqns'):
+    return [value]
+  if hasattr(value, 'jaxpr') and hasattr(value.jaxpr, 'eqns'):
+    return [value.jaxpr]
+  if isinstance(value, (tuple, list)):
+    return [j for v in value for j in _sub_jaxprs(v)]
+  return []
+
+
+def matmul_flops(jaxpr) -> tuple[float, bool]:
+  """dot_general + conv FLOPs of a jaxpr (2 per multiply-add), scan bodies x length,
+  the larger branch of a cond. Returns (flops, saw_while_loop): a while loop's body is
+  counted once (its trip count is not static)."""
+  total, saw_while = 0.0, False
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == 'dot_general':
+      (lhs_contract, rhs_contract), (_, rhs_batch) = eqn.params['dimension_numbers']
+      lhs, rhs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
+      rhs_free = [d for i, d in enumerate(rhs) if i not in rhs_contract and i not in rhs_batch]
+      total += 2.0 * _prod(lhs) * _prod(rhs_free)
+    elif name == 'conv_general_dilated':
+      rhs = eqn.invars[1].aval.shape
+      out = eqn.outvars[0].aval.shape
+      spec = eqn.params['dimension_numbers'].rhs_spec  # (out feature, in feature, spatial...)
+      total += 2.0 * _prod(out) * rhs[spec[1]] * _prod(rhs[d] for d in spec[2:])
+    else:
+      subs = {k: _sub_jaxprs(v) for k, v in eqn.params.items()}
+      subs = {k: v for k, v in subs.items() if v}
+      if not subs:
+        continue
+      if name == 'cond':
+        counts = [matmul_flops(j) for j in subs['branches']]
+        total += max(c[0] for c in counts)
+        saw_while |= any(c[1] for c in counts)
+        continue
+      scale = float(eqn.params['length']) if name == 'scan' else 1.0
+      saw_while |= name == 'while'
+      for jaxprs in subs.values():
+        for j in jaxprs:
+          flops, w = matmul_flops(j)
+          total += scale * flops
+          saw_while |= w
+  return total, saw_while
+
+
+# --------------------------------------------------------------------------- device facts
+
+def device_facts() -> dict:
+  import jax
+  dev = jax.devices()[0]
+  facts = {'platform': dev.platform, 'device_kind': dev.device_kind,
+           'local_devices': jax.local_device_count(), 'jax': jax.__version__}
+  if dev.platform == 'gpu':
+    peak = next((p for k, p in GPU_BF16_PEAK if k in dev.device_kind), None)
+    facts.update(peak_flops=peak, peak_source=(
+        f'vendor dense bf16 peak of {dev.device_kind}' if peak else
+        f'unknown device {dev.device_kind!r}: add it to GPU_BF16_PEAK'))
+  return facts
+
+
+def nominal_cpu_peak() -> dict | None:
+  """Nominal float32 FMA peak of this machine's cores from /proc/cpuinfo (Linux x86):
+  cores x clock x FLOP/cycle, assuming two FMA units per core (AVX-512: 2 x 16 lanes x 2,
+  AVX2: 2 x 8 x 2). An assumption, not a measurement: turbo clocks, one-FMA-unit parts
+  and hypervisor limits all move it."""
+  try:
+    text = pathlib.Path('/proc/cpuinfo').read_text()
+  except OSError:
+    return None
+  mhz = [float(l.split(':')[1]) for l in text.splitlines() if l.startswith('cpu MHz')]
+  flags = next((l.split(':')[1].split() for l in text.splitlines() if l.startswith('flags')), [])
+  if not mhz:
+    return None
+  per_cycle = 64 if 'avx512f' in flags else 32 if 'fma' in flags else 8
+  cores = os.cpu_count() or 1
+  return {'flops_per_s': cores * mhz[0] * 1e6 * per_cycle, 'cores': cores, 'mhz': mhz[0],
+          'flops_per_cycle_per_core': per_cycle}
+
+
+def measured_matmul_peak(n: int = 4096, repeats: int = 8) -> dict:
+  """Best FLOP/s of an n^3 matmul under jit, float32 and bfloat16 (the CPU 'peak')."""
+  import jax
+  import jax.numpy as jnp
+  out = {}
+  for dtype in ('float32', 'bfloat16'):
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda x, y: x @ y)
+    jax.block_until_ready(f(a, a))
+    best = float('inf')
+    for _ in range(repeats):
+      t = time.perf_counter()
+      jax.block_until_ready(f(a, a))
+      best = min(best, time.perf_counter() - t)
+    out[dtype] = 2.0 * n ** 3 / best
+  return out
+
+
+def _peak_rss_bytes() -> int:
+  import resource
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
+
+
+def _reset_peak_rss() -> bool:
+  """Linux: hand freed heap (compilation's) back to the OS and reset VmHWM to the current
+  RSS, so that the next read shows the peak of what follows (the training steps)."""
+  try:
+    import ctypes
+    ctypes.CDLL('libc.so.6').malloc_trim(0)
+  except (OSError, AttributeError):
+    pass
+  try:
+    with open('/proc/self/clear_refs', 'w') as f:
+      f.write('5')
+    return True
+  except OSError:
+    return False
+
+
+def _vm_hwm_bytes() -> int | None:
+  try:
+    with open('/proc/self/status') as f:
+      for line in f:
+        if line.startswith('VmHWM:'):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
+def _device_peak_bytes() -> int | None:
+  import jax
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get('peak_bytes_in_use')
+
+
+# --------------------------------------------------------------------------- measurements
+
+def measure_train(name: str, dtype: str, batch: int, steps: int, warmup: int) -> dict:
+  import jax
+  import numpy as np
+  from slotcurri_jax import parallel
+  from slotcurri_jax import train
+
+  rss_base = _peak_rss_bytes()
+  config = build_config(name, dtype, batch)
+  model, shape = build_model(name, config)
+  mesh = parallel.create_mesh(devices=jax.devices()[:1])
+  state, shardings = train.create_state(config, model, mesh, jax.random.PRNGKey(0))
+  step = train.jit_train_step(config, model, mesh, shardings)
+  data = parallel.host_to_global(
+      {'video': np.random.default_rng(0).normal(size=shape).astype(np.float32)}, mesh)
+
+  start = time.perf_counter()
+  compiled = step.lower(state, data).compile()
+  compile_s = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  memory = compiled.memory_analysis()
+  flops, saw_while = matmul_flops(
+      jax.make_jaxpr(train.make_train_step(config, model))(state, data).jaxpr)
+
+  peak_rss_after_compile = _peak_rss_bytes()
+  reset = _reset_peak_rss()
+  times, metrics = [], None
+  for i in range(warmup + steps):
+    start = time.perf_counter()
+    state, metrics = compiled(state, data)
+    jax.block_until_ready((state, metrics))
+    if i >= warmup:
+      times.append(time.perf_counter() - start)
+  loss = float(metrics['loss_total'])
+  if not np.isfinite(loss):
+    raise FloatingPointError(f'{name} {dtype}: loss {loss} is not finite')
+  s_per_step = statistics.median(times)
+  return {
+      'config': name, 'dtype': dtype, 'batch': batch, 'frames': config.data.train_clip_len,
+      'input_shape': list(shape), 'steps_timed': steps, 'warmup': warmup,
+      'step_times_s': times, 's_per_step': s_per_step, 'steps_per_s': 1.0 / s_per_step,
+      'clips_per_s': batch / s_per_step, 'compile_s': compile_s,
+      'model_flops_per_step': flops, 'flops_count_has_while_loops': saw_while,
+      'xla_cost_analysis_flops': float(cost.get('flops', float('nan'))),
+      'xla_temp_bytes': int(memory.temp_size_in_bytes) if memory else None,
+      'xla_argument_bytes': int(memory.argument_size_in_bytes) if memory else None,
+      'peak_rss_bytes': max(_peak_rss_bytes(), peak_rss_after_compile),
+      'steps_peak_rss_bytes': _vm_hwm_bytes() if reset else None,
+      'baseline_rss_bytes': rss_base,
+      'device_peak_bytes': _device_peak_bytes(), 'final_loss': loss,
+  }
+
+
+def measure_eval(name: str, dtype: str, batch: int, steps: int, warmup: int,
+                 frames: int = EVAL_FRAMES) -> dict:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from slotcurri_jax import evaluate
+  from slotcurri_jax import parallel
+  from slotcurri_jax import train
+
+  base = name[:-len('_eval')]
+  config = build_config(base, dtype, batch)
+  model, shape = build_model(base, config)
+  shape = (batch, frames) + tuple(shape[2:])
+  mesh = parallel.create_mesh(devices=jax.devices()[:1])
+  state, _ = train.create_state(config, model, mesh, jax.random.PRNGKey(0))
+  video = jnp.asarray(np.random.default_rng(0).normal(size=shape).astype(np.float32))
+  active = jnp.ones((config.model.max_slots,), bool)
+  num_frames = jnp.full((batch,), frames, jnp.int32)
+  result = {'config': name, 'dtype': dtype, 'batch': batch, 'frames': frames,
+            'input_shape': list(shape)}
+  for rollout in ('forward', 'cyclic'):
+    config.eval.rollout = rollout
+    step = jax.jit(evaluate.make_eval_step(config, model))
+    start = time.perf_counter()
+    compiled = step.lower(state.params, video, active, num_frames).compile()
+    compile_s = time.perf_counter() - start
+    flops, _ = matmul_flops(jax.make_jaxpr(evaluate.make_eval_step(config, model))(
+        state.params, video, active, num_frames).jaxpr)
+    times = []
+    for i in range(warmup + steps):
+      start = time.perf_counter()
+      jax.block_until_ready(compiled(state.params, video, active, num_frames))
+      if i >= warmup:
+        times.append(time.perf_counter() - start)
+    result[rollout] = {'step_times_s': times, 's_per_step': statistics.median(times),
+                       'videos_per_s': batch / statistics.median(times),
+                       'compile_s': compile_s, 'model_flops_per_step': flops}
+  result['cyclic_over_forward'] = result['cyclic']['s_per_step'] / result['forward']['s_per_step']
+  result['peak_rss_bytes'] = _peak_rss_bytes()
+  result['device_peak_bytes'] = _device_peak_bytes()
+  return result
+
+
+def child_main(spec: dict) -> None:
+  """Run one measurement and print its JSON as the last stdout line."""
+  import warnings
+  warnings.filterwarnings('ignore', message='Some donated buffers were not usable')
+  kind = spec.pop('kind')
+  if kind == 'peak':
+    result = {'device': device_facts(), 'matmul_flops_per_s': measured_matmul_peak(),
+              'nominal_cpu_peak': nominal_cpu_peak()}
+  elif kind == 'train':
+    result = measure_train(**spec)
+  else:
+    result = measure_eval(**spec)
+  print('RESULT ' + json.dumps(result), flush=True)
+
+
+# --------------------------------------------------------------------------- driver
+
+def run_child(spec: dict, timeout: float) -> dict:
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+  start = time.time()
+  load_before = os.getloadavg()
+  try:
+    proc = subprocess.run([sys.executable, __file__, '--_child', json.dumps(spec)],
+                          capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=str(REPO))
+  except subprocess.TimeoutExpired:
+    return {'error': f'timed out after {timeout:.0f}s', **spec}
+  lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
+  if proc.returncode or not lines:
+    return {'error': f'exit {proc.returncode}: {proc.stderr[-2000:]}', **spec}
+  result = json.loads(lines[-1][len('RESULT '):])
+  result.update(wall_s=time.time() - start, load_before=load_before, load_after=os.getloadavg())
+  return result
+
+
+def _gb(x):
+  return f'{x / 1e9:.2f}' if x else '-'
+
+
+def summarise(results: list[dict], peak: dict) -> list[dict]:
+  """Add MFU and the PyTorch comparison to every training result."""
+  facts = peak['device']
+  for r in results:
+    if 'error' in r or 'model_flops_per_step' not in r:
+      continue
+    achieved = r['model_flops_per_step'] * r['steps_per_s']
+    r['achieved_flops_per_s'] = achieved
+    if facts['platform'] == 'gpu':
+      device_peak = facts.get('peak_flops')
+      r['mfu_peak_basis'] = facts.get('peak_source')
+    else:
+      device_peak = max(peak['matmul_flops_per_s'].values())
+      r['mfu_peak_basis'] = ('measured best 4096^3 jit matmul on this CPU: '
+                             + ', '.join(f'{k} {v / 1e9:.0f} GFLOP/s'
+                                         for k, v in peak['matmul_flops_per_s'].items()))
+    r['mfu'] = achieved / device_peak if device_peak else None
+    nominal = peak.get('nominal_cpu_peak')
+    if facts['platform'] == 'cpu' and nominal:
+      r['mfu_vs_nominal_cpu_peak'] = achieved / nominal['flops_per_s']
+    anchor = PYTORCH_ANCHORS.get((r['config'], r['batch']))
+    if anchor and facts['platform'] == 'cpu':
+      steps_peak = r.get('steps_peak_rss_bytes')
+      r['vs_pytorch'] = {
+          'anchor': anchor, 'clips_per_s_ratio': r['clips_per_s'] / anchor['clips_per_s'],
+          'peak_memory_ratio': r['peak_rss_bytes'] / 1e9 / anchor['peak_gb'],
+          'steps_peak_memory_ratio': steps_peak / 1e9 / anchor['peak_gb'] if steps_peak else None}
+  return results
+
+
+def print_table(results: list[dict], peak: dict) -> None:
+  facts = peak['device']
+  print(f"\ndevice: {facts['platform']} {facts['device_kind']} (jax {facts['jax']}); "
+        f"MFU peak basis: {next((r['mfu_peak_basis'] for r in results if 'mfu_peak_basis' in r), '-')}")
+  nominal = peak.get('nominal_cpu_peak')
+  if facts['platform'] == 'cpu' and nominal:
+    print(f"'nom %': against the nominal {nominal['flops_per_s'] / 1e9:.0f} GFLOP/s "
+          f"({nominal['cores']} cores x {nominal['mhz']:.0f} MHz x "
+          f"{nominal['flops_per_cycle_per_core']} FLOP/cycle, assumed)")
+  mem_col = 'RSS GB (steps)' if facts['platform'] == 'cpu' else 'dev peak GB'
+  print('RSS: whole process incl. compilation (in brackets: while stepping, as when the '
+        'executable comes from the persistent compilation cache)')
+  header = (f"{'config':<14}{'dtype':<10}{'B':>4}{'s/step':>9}{'steps/s':>9}{'clips/s':>9}"
+            f"{'compile s':>10}{mem_col:>16}{'TFLOP/step':>11}{'xla TFLOP':>10}{'TFLOP/s':>9}"
+            f"{'MFU %':>7}{'nom %':>7}  vs PyTorch (clips/s x, memory x)")
+  print(header)
+  print('-' * len(header))
+  for r in results:
+    if 'error' in r:
+      print(f"{r.get('config', r.get('name', '?')):<14}{r.get('dtype', ''):<10} ERROR {r['error'][:200]}")
+      continue
+    if 'forward' in r:  # evaluation
+      f, c = r['forward'], r['cyclic']
+      print(f"{r['config']:<14}{r['dtype']:<10}{r['batch']:>4}  {r['frames']} frames: forward "
+            f"{f['s_per_step']:.3f} s, cyclic {c['s_per_step']:.3f} s -> cyclic/forward "
+            f"{r['cyclic_over_forward']:.2f}x (matmul FLOPs {c['model_flops_per_step'] / f['model_flops_per_step']:.2f}x)")
+      continue
+    if facts['platform'] == 'cpu':
+      mem = f"{_gb(r['peak_rss_bytes'])} ({_gb(r.get('steps_peak_rss_bytes'))})"
+    else:
+      mem = _gb(r['device_peak_bytes'])
+    vs = r.get('vs_pytorch')
+    vs_text = ''
+    if vs:
+      steps_ratio = vs['steps_peak_memory_ratio']
+      vs_text = (f"{vs['clips_per_s_ratio']:.2f}x, {vs['peak_memory_ratio']:.2f}x"
+                 + (f" ({steps_ratio:.2f}x)" if steps_ratio else ''))
+    mfu = f"{100 * r['mfu']:.1f}" if r.get('mfu') is not None else '-'
+    nom = (f"{100 * r['mfu_vs_nominal_cpu_peak']:.1f}"
+           if r.get('mfu_vs_nominal_cpu_peak') is not None else '-')
+    print(f"{r['config']:<14}{r['dtype']:<10}{r['batch']:>4}{r['s_per_step']:>9.3f}"
+          f"{r['steps_per_s']:>9.3f}{r['clips_per_s']:>9.2f}{r['compile_s']:>10.1f}"
+          f"{mem:>16}{r['model_flops_per_step'] / 1e12:>11.3f}"
+          f"{r['xla_cost_analysis_flops'] / 1e12:>10.3f}{r['achieved_flops_per_s'] / 1e12:>9.3f}"
+          f"{mfu:>7}{nom:>7}  {vs_text}")
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--configs', default='demo,movi_c_slots,demo_eval,movi_c_slots_eval',
+                 help=f'comma-separated subset of {TRAIN_CONFIGS + EVAL_CONFIGS}')
+  p.add_argument('--dtypes', default='float32,bfloat16')
+  p.add_argument('--steps', type=int, default=None,
+                 help=f'timed training steps, median reported (default {DEFAULT_STEPS})')
+  p.add_argument('--warmup', type=int, default=2)
+  p.add_argument('--batch', type=int, default=None,
+                 help='training batch (default: demo 16, MOVi-C 8)')
+  p.add_argument('--eval_batch', type=int, default=4, help='videos per evaluation step')
+  p.add_argument('--eval_steps', type=int, default=3)
+  p.add_argument('--eval_dtypes', default='float32')
+  p.add_argument('--timeout', type=float, default=1800, help='seconds per configuration')
+  p.add_argument('--out', default=None, help='default benchmarks/results/train_step_{cpu,gpu}.json')
+  p.add_argument('--_child', default=None, help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+  if args._child:
+    child_main(json.loads(args._child))
+    return
+
+  names = [n for n in args.configs.split(',') if n]
+  unknown = [n for n in names if n not in TRAIN_CONFIGS + EVAL_CONFIGS]
+  if unknown:
+    raise SystemExit(f'unknown --configs {unknown}; choose from {TRAIN_CONFIGS + EVAL_CONFIGS}')
+  load_start = os.getloadavg()
+  peak = run_child({'kind': 'peak'}, args.timeout)
+  if 'error' in peak:
+    raise SystemExit(f'device probe failed: {peak["error"]}')
+  results = []
+  for name in names:
+    if name in TRAIN_CONFIGS:
+      for dtype in args.dtypes.split(','):
+        spec = {'kind': 'train', 'name': name, 'dtype': dtype,
+                'batch': args.batch or DEFAULT_BATCH[name], 'steps': args.steps or DEFAULT_STEPS[name],
+                'warmup': args.warmup}
+        print(f'running {name} {dtype} batch {spec["batch"]} ...', flush=True)
+        results.append(run_child(spec, args.timeout))
+    else:
+      for dtype in args.eval_dtypes.split(','):
+        spec = {'kind': 'eval', 'name': name, 'dtype': dtype, 'batch': args.eval_batch,
+                'steps': args.eval_steps, 'warmup': 1}
+        print(f'running {name} {dtype} batch {args.eval_batch} ...', flush=True)
+        results.append(run_child(spec, args.timeout))
+  summarise(results, peak)
+  print_table(results, peak)
+  platform_name = peak['device']['platform']
+  out = pathlib.Path(args.out or REPO / 'benchmarks' / 'results' /
+                     f'train_step_{"gpu" if platform_name == "gpu" else "cpu"}.json')
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps({
+      'command': ' '.join([pathlib.Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
+      'machine': {'cpu_count': os.cpu_count(), 'platform': platform.platform(),
+                  'processor': platform.processor()},
+      'device': peak['device'], 'matmul_peak_flops_per_s': peak['matmul_flops_per_s'],
+      'nominal_cpu_peak': peak.get('nominal_cpu_peak'),
+      'load_average_start_end': [load_start, os.getloadavg()],
+      'pytorch_anchors': {f'{k[0]}@{k[1]}': v for k, v in PYTORCH_ANCHORS.items()},
+      'results': results}, indent=1))
+  print(f'\nwrote {out}')
+
+
+if __name__ == '__main__':
+  main()
