@@ -4,6 +4,7 @@ r"""Training-step speed, memory and FLOPs of the demo and MOVi-C models; evaluat
   python benchmarks/train_step.py --configs=demo,movi_c_slots,movi_c_full --steps=5
   python benchmarks/train_step.py --configs=movi_c_slots --dtypes=float32 --batch=16
   python benchmarks/train_step.py --configs=demo_eval,movi_c_slots_eval --eval_batch=4
+  python benchmarks/train_step.py --configs=movi_c_slots --dtypes=float32 --active_slots=2,5
 
 Configurations (--configs, comma separated):
   demo               configs/demo.py: CNN encoder, 64 px, 8x8 patches, D_s 64, 7 slots,
@@ -37,6 +38,10 @@ whose `video` argument carries the tokens; see SlotStackOnFeatures). Measured:
   * MFU = FLOPs/step x steps/s / peak. CPU: the peak is *measured*, the best of a
     4096^3 float32 and bfloat16 matmul under jit on this machine (stated in the output);
     GPU: the vendor's dense bf16 tensor-core peak of the detected device (table below).
+--remat also times every training configuration with the decoder MLP rematerialised
+(model.decoder.remat: activations recomputed in the backward pass; rows `config[remat]`).
+--active_slots=K1,K2 also times steps built with train.active_slots_only for stages of
+K1, K2 computed slots (table rows `config[K=..]`), against the padded step of the same row.
 Results: a table on stdout, JSON in benchmarks/results/train_step_{cpu,gpu}.json (--out).
 The GPU path (device detection, memory_stats, bf16 peak table) has not been run by us.
 """
@@ -85,7 +90,7 @@ def _config_file(name: str):
   return module.get_config(None)
 
 
-def build_config(name: str, dtype: str, batch: int):
+def build_config(name: str, dtype: str, batch: int, remat: bool = False):
   """The config of a benchmark configuration (name without the _eval suffix)."""
   c = _config_file('demo' if name == 'demo' else 'movi_c')
   if name.startswith('movi_c'):
@@ -94,6 +99,7 @@ def build_config(name: str, dtype: str, batch: int):
   c.loss.contrast_group_size = min(c.loss.contrast_group_size, batch)
   c.model.compute_dtype = dtype
   c.model.encoder.dtype = dtype
+  c.model.decoder.remat = remat
   return c
 
 
@@ -111,10 +117,11 @@ def _slot_stack_class():
     """
 
     def __call__(self, video, active_mask, rollout='forward', num_frames=None,
-                 initial_state=None):
+                 initial_state=None, num_slots=None):
       if video.ndim == 5:
         video = jnp.zeros(video.shape[:2] + (self.num_patches, self.input_dim), jnp.float32)
-      return self.process(video, video, active_mask, rollout, num_frames, initial_state)
+      return self.process(video, video, active_mask, rollout, num_frames, initial_state,
+                          num_slots)
 
   return SlotStackOnFeatures
 
@@ -284,18 +291,19 @@ def _device_peak_bytes() -> int | None:
 
 # --------------------------------------------------------------------------- measurements
 
-def measure_train(name: str, dtype: str, batch: int, steps: int, warmup: int) -> dict:
+def measure_train(name: str, dtype: str, batch: int, steps: int, warmup: int,
+                  num_slots: int | None = None, remat: bool = False) -> dict:
   import jax
   import numpy as np
   from slotcurri_jax import parallel
   from slotcurri_jax import train
 
   rss_base = _peak_rss_bytes()
-  config = build_config(name, dtype, batch)
+  config = build_config(name, dtype, batch, remat)
   model, shape = build_model(name, config)
   mesh = parallel.create_mesh(devices=jax.devices()[:1])
   state, shardings = train.create_state(config, model, mesh, jax.random.PRNGKey(0))
-  step = train.jit_train_step(config, model, mesh, shardings)
+  step = train.jit_train_step(config, model, mesh, shardings, num_slots=num_slots)
   data = parallel.host_to_global(
       {'video': np.random.default_rng(0).normal(size=shape).astype(np.float32)}, mesh)
 
@@ -306,7 +314,7 @@ def measure_train(name: str, dtype: str, batch: int, steps: int, warmup: int) ->
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   memory = compiled.memory_analysis()
   flops, saw_while = matmul_flops(
-      jax.make_jaxpr(train.make_train_step(config, model))(state, data).jaxpr)
+      jax.make_jaxpr(train.make_train_step(config, model, num_slots))(state, data).jaxpr)
 
   peak_rss_after_compile = _peak_rss_bytes()
   reset = _reset_peak_rss()
@@ -323,6 +331,8 @@ def measure_train(name: str, dtype: str, batch: int, steps: int, warmup: int) ->
   s_per_step = statistics.median(times)
   return {
       'config': name, 'dtype': dtype, 'batch': batch, 'frames': config.data.train_clip_len,
+      'computed_slots': num_slots or config.model.max_slots, 'active_slots_only': bool(num_slots),
+      'decoder_remat': remat,
       'input_shape': list(shape), 'steps_timed': steps, 'warmup': warmup,
       'step_times_s': times, 's_per_step': s_per_step, 'steps_per_s': 1.0 / s_per_step,
       'clips_per_s': batch / s_per_step, 'compile_s': compile_s,
@@ -439,7 +449,7 @@ def summarise(results: list[dict], peak: dict) -> list[dict]:
     nominal = peak.get('nominal_cpu_peak')
     if facts['platform'] == 'cpu' and nominal:
       r['mfu_vs_nominal_cpu_peak'] = achieved / nominal['flops_per_s']
-    anchor = PYTORCH_ANCHORS.get((r['config'], r['batch']))
+    anchor = None if r.get('active_slots_only') else PYTORCH_ANCHORS.get((r['config'], r['batch']))
     if anchor and facts['platform'] == 'cpu':
       steps_peak = r.get('steps_peak_rss_bytes')
       r['vs_pytorch'] = {
@@ -489,7 +499,9 @@ def print_table(results: list[dict], peak: dict) -> None:
     mfu = f"{100 * r['mfu']:.1f}" if r.get('mfu') is not None else '-'
     nom = (f"{100 * r['mfu_vs_nominal_cpu_peak']:.1f}"
            if r.get('mfu_vs_nominal_cpu_peak') is not None else '-')
-    print(f"{r['config']:<14}{r['dtype']:<10}{r['batch']:>4}{r['s_per_step']:>9.3f}"
+    label = (r['config'] + (f"[K={r['computed_slots']}]" if r.get('active_slots_only') else '')
+             + ('[remat]' if r.get('decoder_remat') else ''))
+    print(f"{label:<14}{r['dtype']:<10}{r['batch']:>4}{r['s_per_step']:>9.3f}"
           f"{r['steps_per_s']:>9.3f}{r['clips_per_s']:>9.2f}{r['compile_s']:>10.1f}"
           f"{mem:>16}{r['model_flops_per_step'] / 1e12:>11.3f}"
           f"{r['xla_cost_analysis_flops'] / 1e12:>10.3f}{r['achieved_flops_per_s'] / 1e12:>9.3f}"
@@ -506,6 +518,11 @@ def main(argv=None) -> None:
   p.add_argument('--warmup', type=int, default=2)
   p.add_argument('--batch', type=int, default=None,
                  help='training batch (default: demo 16, MOVi-C 8)')
+  p.add_argument('--active_slots', default='',
+                 help='also time train.active_slots_only steps that compute only K slots, '
+                      'e.g. "2,5" (the curriculum stages of MOVi-C: 2 -> 5 -> 11)')
+  p.add_argument('--remat', action='store_true',
+                 help='also time each training configuration with model.decoder.remat=True')
   p.add_argument('--eval_batch', type=int, default=4, help='videos per evaluation step')
   p.add_argument('--eval_steps', type=int, default=3)
   p.add_argument('--eval_dtypes', default='float32')
@@ -534,6 +551,12 @@ def main(argv=None) -> None:
                 'warmup': args.warmup}
         print(f'running {name} {dtype} batch {spec["batch"]} ...', flush=True)
         results.append(run_child(spec, args.timeout))
+        for k in [int(k) for k in args.active_slots.split(',') if k]:
+          print(f'running {name} {dtype} batch {spec["batch"]}, {k} slots computed ...', flush=True)
+          results.append(run_child(dict(spec, num_slots=k), args.timeout))
+        if args.remat:
+          print(f'running {name} {dtype} batch {spec["batch"]}, decoder remat ...', flush=True)
+          results.append(run_child(dict(spec, remat=True), args.timeout))
     else:
       for dtype in args.eval_dtypes.split(','):
         spec = {'kind': 'eval', 'name': name, 'dtype': dtype, 'batch': args.eval_batch,

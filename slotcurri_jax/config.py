@@ -77,7 +77,14 @@ def default_config() -> ml_collections.ConfigDict:
       num_blocks=1, num_heads=4, mlp_ratio=4,
       logit_scale='reference',  # Q1: logits * sqrt(d_head); 'standard' divides
   ))
-  c.model.decoder = ml_collections.ConfigDict(dict(hidden=(1024, 1024, 1024)))
+  # pos_init: 'normal' is the reference's N(0, 1/D_s); 'sincos' starts the (still learned)
+  # position embedding from 2-D sine-cosine features, a head start for pixel targets.
+  # remat: recompute the decoder MLP's activations in the backward pass (less memory).
+  c.model.decoder = ml_collections.ConfigDict(dict(hidden=(1024, 1024, 1024), pos_init='normal',
+                                                  remat=False))
+  # ((regex, gain), ...): multiply the initial values of the matching params ('/'-joined
+  # paths such as 'decoder/mlp/dense_0/kernel'). () keeps the reference's PyTorch init.
+  c.model.init_gains = ()
   c.model.compute_dtype = 'float32'  # trainable model: 'float32' | 'bfloat16'
 
   # ---------------------------------------------------------------- losses
@@ -131,6 +138,9 @@ def default_config() -> ml_collections.ConfigDict:
       checkpoint_every_steps=1000,
       keep_checkpoints=3,
       image_summaries=4,  # clips shown in mask summaries
+      # Compute only the active slots of each curriculum stage: one compilation per
+      # stage instead of one per run; same losses, less work in the early stages.
+      active_slots_only=False,
   ))
 
   # ---------------------------------------------------------------- evaluation

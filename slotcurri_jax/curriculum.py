@@ -106,6 +106,13 @@ def num_active_slots(step: jax.Array | int, schedule: Schedule,
   return counts[jnp.sum(passed.astype(jnp.int32))]
 
 
+def num_active_slots_host(step: int, schedule: Schedule,
+                          boundary_uses_old_count: bool = True) -> int:
+  """`num_active_slots` for a Python int step, on the host (picks a stage's compiled step)."""
+  passed = sum(step > s if boundary_uses_old_count else step >= s for s in spawn_steps(schedule))
+  return schedule[passed][1]
+
+
 def active_mask(num_active: jax.Array | int, max_slots: int) -> jax.Array:
   """[max_slots] bool: rows 0 .. num_active - 1 are active."""
   return jnp.arange(max_slots) < num_active

@@ -5,13 +5,15 @@
 
 `train_step` is compiled once: curriculum stage changes only rewrite rows of
 the padded placeholder array and flip bits of the active-slot mask (SPEC §17.2),
-and the SSync switch multiplies by a traced 0/1.
+and the SSync switch multiplies by a traced 0/1. With `train.active_slots_only` it is
+compiled once per curriculum stage instead, and computes only that stage's slots.
 """
 from __future__ import annotations
 
 import json
+import re
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from absl import logging
 from clu import metric_writers, periodic_actions
@@ -53,6 +55,7 @@ def create_state(config, model, mesh, rng: jax.Array) -> tuple[TrainState, Any]:
     video = jnp.zeros((1, t, r, r, 3), jnp.float32)
     active = jnp.ones((config.model.max_slots,), bool)
     params = model.init(params_rng, video, active)['params']
+    params = scale_init(params, config.model.init_gains)
     return train_state_lib.create_train_state(config, params, state_rng)
 
   shardings = state_shardings(jax.eval_shape(init), config, mesh)
@@ -62,6 +65,21 @@ def create_state(config, model, mesh, rng: jax.Array) -> tuple[TrainState, Any]:
     params['encoder'] = jax.tree.map(_place_from_host, pretrained, state.params['encoder'])
     state = state.replace(params=params)
   return state, shardings
+
+
+def scale_init(params: Any, gains: Sequence[tuple[str, float]]) -> Any:
+  """Multiplies the initial value of every param whose '/'-joined path fully matches a
+  regex of `gains` ((regex, gain) pairs; the first match wins; () = reference init)."""
+  if not gains:
+    return params
+  compiled = [(re.compile(pattern), float(gain)) for pattern, gain in gains]
+
+  def scale(path, x):
+    name = parallel.path_name(path)
+    gain = next((g for rx, g in compiled if rx.fullmatch(name)), 1.0)
+    return x * gain if gain != 1.0 else x
+
+  return jax.tree_util.tree_map_with_path(scale, params)
 
 
 def _place_from_host(value, like: jax.Array) -> jax.Array:
@@ -130,8 +148,14 @@ def ssync_start_step(config) -> int:
 
 # --------------------------------------------------------------------------- the step
 
-def make_train_step(config, model) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """train_step(state, batch) -> (state, metrics); batch['video']: [B, T, H, W, 3]."""
+def make_train_step(config, model, num_slots: int | None = None
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+  """train_step(state, batch) -> (state, metrics); batch['video']: [B, T, H, W, 3].
+
+  num_slots: None computes all max_slots rows (inactive ones masked): one compilation
+  for the whole run. An int K computes only rows 0..K-1, for the stages where K slots
+  are active (`train.active_slots_only`; one compilation per stage, same results).
+  """
   max_slots = config.model.max_slots
   cc = config.curriculum
   schedule = curriculum.build_schedule(cc, max_slots, config.train.steps)
@@ -172,13 +196,16 @@ def make_train_step(config, model) -> Callable[[TrainState, dict], tuple[TrainSt
     params = maybe_spawn(state.params, state)
     active = active_at(state.step)
 
+    computed = active if num_slots is None else active[:num_slots]
+
     def loss_fn(p):
-      outputs = model.apply({'params': p}, batch['video'], active, rollout='forward')
-      total, terms = compute_losses(config, outputs, active, state.step)
+      outputs = model.apply({'params': p}, batch['video'], active, rollout='forward',
+                            num_slots=num_slots)
+      total, terms = compute_losses(config, outputs, computed, state.step)
       error = curriculum.slot_error(jax.lax.stop_gradient(outputs['dec_masks']),
                                     jax.lax.stop_gradient(outputs['recon']),
                                     outputs['targets'])
-      return total, (terms, error)
+      return total, (terms, jnp.pad(error, (0, max_slots - error.shape[0])))
 
     (_, (terms, error)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, state.opt_state, params)
@@ -208,12 +235,31 @@ def model_params_template(config, model) -> Any:
                          jnp.ones((config.model.max_slots,), bool))['params'])
 
 
-def jit_train_step(config, model, mesh, shardings):
-  step_fn = make_train_step(config, model)
+def jit_train_step(config, model, mesh, shardings, num_slots: int | None = None):
+  step_fn = make_train_step(config, model, num_slots)
   return jax.jit(step_fn,
                  in_shardings=(shardings, parallel.batch_sharding(mesh)),
                  out_shardings=(shardings, parallel.replicated(mesh)),
                  donate_argnums=(0,))
+
+
+def stage_train_steps(config, model, mesh, shardings) -> Callable[[int], Callable]:
+  """host step -> the jitted train_step for it: one for the run, or one per stage."""
+  if not config.train.active_slots_only:
+    step_fn = jit_train_step(config, model, mesh, shardings)
+    return lambda step: step_fn
+  schedule = curriculum.build_schedule(config.curriculum, config.model.max_slots,
+                                       config.train.steps)
+  compiled: dict[int, Callable] = {}
+
+  def for_step(step: int) -> Callable:
+    k = curriculum.num_active_slots_host(step, schedule,
+                                         config.curriculum.boundary_uses_old_count)
+    if k not in compiled:
+      compiled[k] = jit_train_step(config, model, mesh, shardings, num_slots=k)
+    return compiled[k]
+
+  return for_step
 
 
 # --------------------------------------------------------------------------- the loop
@@ -233,7 +279,7 @@ def train_and_evaluate(config, workdir: str, *, evaluate_at_end: bool = True) ->
     state = ckpt.restore(checkpoint_lib.abstract_like(state))
     logging.info('resumed from step %d', int(state.step))
   start_step = int(jax.device_get(state.step))
-  train_step = jit_train_step(config, model, mesh, shardings)
+  train_step_for = stage_train_steps(config, model, mesh, shardings)
 
   is_chief = jax.process_index() == 0
   writer = metric_writers.create_default_writer(str(workdir / 'tensorboard'), just_logging=not is_chief)
@@ -252,7 +298,7 @@ def train_and_evaluate(config, workdir: str, *, evaluate_at_end: bool = True) ->
   with checkpoint_lib.PreemptionGuard() as guard:
     step = start_step
     while step < total_steps:
-      state, metrics = train_step(state, next(batches))
+      state, metrics = train_step_for(step)(state, next(batches))
       step += 1
       pending.append(metrics)
       report(step)

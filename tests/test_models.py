@@ -257,6 +257,58 @@ def test_initialisation_follows_pytorch_conventions():
   assert np.all(params['corrector']['norm_slots']['scale'] == 1)
 
 
+def test_demo_head_start_inits():
+  """decoder pos_init='sincos' and model.init_gains (the demo's head start; SPEC init by default)."""
+  pos = np.asarray(decoder_lib.sincos_position_init(None, (16, 8)))  # a 4x4 grid, D 8
+  assert pos.shape == (16, 8) and np.all(np.abs(pos) <= 1.0)
+  # Row-major grid: patch (r, c) is row 4r + c; the first D/2 columns depend on r only.
+  np.testing.assert_allclose(pos[1, :4], pos[0, :4], atol=1e-6)
+  np.testing.assert_allclose(pos[4, 4:], pos[0, 4:], atol=1e-6)
+  assert not np.allclose(pos[4, :4], pos[0, :4]) and not np.allclose(pos[1, 4:], pos[0, 4:])
+  assert len({tuple(np.round(r, 5)) for r in pos}) == 16  # every patch distinct
+  # On an 8x8 grid, a patch's row neighbour is more alike than any farther patch of the row.
+  big = np.asarray(decoder_lib.sincos_position_init(None, (64, 32)))
+  dist = [np.linalg.norm(big[0] - big[c]) for c in range(1, 8)]
+  assert dist[0] < min(dist[1:]), dist
+  with pytest.raises(ValueError, match='square grid'):
+    decoder_lib.sincos_position_init(None, (12, 8))
+  decoder = decoder_lib.MLPDecoder(num_patches=16, output_dim=4, hidden=(8,), pos_init='bad')
+  with pytest.raises(ValueError, match="pos_init='bad'"):
+    decoder.init(jax.random.PRNGKey(0), jnp.zeros((1, 3, 8)), jnp.ones((3,), bool))
+
+  from slotcurri_jax import train
+  params = {'decoder': {'mlp': {'dense_0': {'kernel': jnp.ones(2), 'bias': jnp.ones(2)}}},
+            'corrector': {'to_q': {'kernel': jnp.ones(2)}, 'to_v': {'kernel': jnp.ones(2)}}}
+  scaled = train.scale_init(params, (('decoder/mlp/.*/kernel', 2.0), ('corrector/to_q/kernel', 3.0),
+                                     ('corrector/.*', 5.0)))
+  assert float(scaled['decoder']['mlp']['dense_0']['kernel'][0]) == 2.0
+  assert float(scaled['decoder']['mlp']['dense_0']['bias'][0]) == 1.0
+  assert float(scaled['corrector']['to_q']['kernel'][0]) == 3.0  # first match wins
+  assert float(scaled['corrector']['to_v']['kernel'][0]) == 5.0
+  assert train.scale_init(params, ()) is params
+
+
+def test_decoder_remat_gives_the_same_loss_and_gradients():
+  _, model = _stack()
+  _, remat = _stack(**{'decoder.remat': True})
+  feats, targets = _inputs()
+  params = _init(model, feats, targets)
+  active = jnp.arange(model.max_slots) < 3
+
+  def loss(m):
+    def fn(p):
+      out = m.apply({'params': p}, feats, targets, active, method=m.process)
+      return jnp.mean((out['recon'] - out['targets']) ** 2) + jnp.mean(out['dec_masks'] ** 2)
+    return jax.jit(jax.value_and_grad(fn))(params)
+
+  (l0, g0), (l1, g1) = loss(model), loss(remat)
+  assert 'remat' in str(jax.make_jaxpr(lambda p: remat.apply(
+      {'params': p}, feats, targets, active, method=remat.process))(params))
+  np.testing.assert_allclose(l0, l1, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_cnn_encoder_targets_are_patch_pixels_and_it_trains():
   config = tiny_config()
   model = video_model.build_model(config)

@@ -20,11 +20,18 @@ class MLPDecoder(nn.Module):
     num_patches: N, the patch count of the frame.
     output_dim: D_f, the reconstruction width.
     hidden: hidden widths of the MLP (ReLU after each).
+    pos_init: 'normal', the reference's N(0, 1/D_s) init of pos_emb; or 'sincos', 2-D
+      sine-cosine features of the patch coordinates (the demo's head start: with pixel
+      targets the decoder need not discover the grid's geometry first).
+    remat: recompute the MLP's activations in the backward pass instead of storing them
+      ([..., K, N, hidden] per layer, the largest arrays of a training step).
     dtype: compute dtype of the MLP; the masks are a float32 softmax.
   """
   num_patches: int
   output_dim: int
   hidden: Sequence[int] = (1024, 1024, 1024)
+  pos_init: str = 'normal'
+  remat: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -35,11 +42,35 @@ class MLPDecoder(nn.Module):
     0 on inactive rows); alpha [..., K, N] (alpha logits, unmasked).
     """
     d = slots.shape[-1]
-    pos_emb = self.param('pos_emb', layers.scaled_normal_init(d), (self.num_patches, d))
+    inits = {'normal': layers.scaled_normal_init(d), 'sincos': sincos_position_init}
+    if self.pos_init not in inits:
+      raise ValueError(f'decoder pos_init={self.pos_init!r}; use one of {sorted(inits)}')
+    pos_emb = self.param('pos_emb', inits[self.pos_init], (self.num_patches, d))
     x = slots[..., :, None, :] + pos_emb  # broadcast: [..., K, N, D_s]
-    out = layers.MLP(hidden=tuple(self.hidden), out_features=self.output_dim + 1,
+    mlp_class = nn.remat(layers.MLP) if self.remat else layers.MLP
+    out = mlp_class(hidden=tuple(self.hidden), out_features=self.output_dim + 1,
                      dtype=self.dtype, name='mlp')(x)
     per_slot, alpha = out[..., :self.output_dim], out[..., self.output_dim].astype(jnp.float32)
     masks = jax.nn.softmax(layers.mask_slots(alpha, active, axis=alpha.ndim - 2), axis=-2)
     recon = jnp.einsum('...kn,...knd->...nd', masks, per_slot.astype(jnp.float32))
     return {'recon': recon, 'masks': masks, 'alpha': alpha}
+
+
+def sincos_position_init(key, shape, dtype=jnp.float32) -> jax.Array:
+  """[N, D] 2-D sine-cosine features of a square grid's (row, column), N = side^2.
+
+  D/4 geometric frequencies per axis (periods from twice the side down to 3 patches, so
+  none aliases on the integer grid), sin and cos each: neighbouring patches get similar
+  rows. `key` is unused (a deterministic init).
+  """
+  del key
+  n, d = shape
+  side = int(round(n ** 0.5))
+  if side * side != n or d % 4:
+    raise ValueError(f'sincos position init needs a square grid and D % 4 == 0, got {shape}')
+  rows, cols = jnp.meshgrid(jnp.arange(side), jnp.arange(side), indexing='ij')
+  periods = 2.0 * side * (3.0 / (2.0 * side)) ** (jnp.arange(d // 4) / max(d // 4 - 1, 1))
+  def feats(x):
+    angle = 2 * jnp.pi * x.reshape(-1, 1) / periods
+    return [jnp.sin(angle), jnp.cos(angle)]
+  return jnp.concatenate(feats(rows) + feats(cols), axis=1).astype(dtype)

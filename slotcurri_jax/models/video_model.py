@@ -77,6 +77,8 @@ class VideoSlotModel(nn.Module):
     eps, gru_hidden: slot attention (SPEC §4.4, Q2).
     predictor_blocks, predictor_heads, predictor_mlp_ratio, logit_scale: SPEC §4.5 (Q1).
     decoder_hidden: hidden widths of the decoder MLP.
+    decoder_pos_init: 'normal' (reference) or 'sincos' init of the decoder position embedding.
+    decoder_remat: recompute the decoder MLP's activations in the backward pass.
     dtype: compute dtype of the trainable Linears.
   """
   encoder: nn.Module | None
@@ -98,6 +100,8 @@ class VideoSlotModel(nn.Module):
   predictor_mlp_ratio: int = 4
   logit_scale: str = 'reference'
   decoder_hidden: Sequence[int] = (1024, 1024, 1024)
+  decoder_pos_init: str = 'normal'
+  decoder_remat: bool = False
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -110,14 +114,18 @@ class VideoSlotModel(nn.Module):
                                              self.predictor_mlp_ratio, self.logit_scale,
                                              dtype=self.dtype)
     self.decoder = decoder_lib.MLPDecoder(self.num_patches, self.target_dim,
-                                          tuple(self.decoder_hidden), dtype=self.dtype)
+                                          tuple(self.decoder_hidden), self.decoder_pos_init,
+                                          self.decoder_remat,
+                                          dtype=self.dtype)
 
   def __call__(self, video: jax.Array, active_mask: jax.Array, rollout: str = 'forward',
                num_frames: jax.Array | None = None,
-               initial_state: jax.Array | None = None) -> dict[str, jax.Array]:
+               initial_state: jax.Array | None = None,
+               num_slots: int | None = None) -> dict[str, jax.Array]:
     """video: [B, T, H, W, 3] float32, ImageNet-normalised; see `process` for the rest."""
     features_in, targets = self.encode(video)
-    return self.process(features_in, targets, active_mask, rollout, num_frames, initial_state)
+    return self.process(features_in, targets, active_mask, rollout, num_frames, initial_state,
+                        num_slots)
 
   def encode(self, video: jax.Array) -> tuple[jax.Array, jax.Array]:
     """video: [B, T, H, W, 3] -> (features_in [B, T, N, D_in], targets [B, T, N, D_f]).
@@ -146,7 +154,8 @@ class VideoSlotModel(nn.Module):
 
   def process(self, features_in: jax.Array, targets: jax.Array, active_mask: jax.Array,
               rollout: str = 'forward', num_frames: jax.Array | None = None,
-              initial_state: jax.Array | None = None) -> dict[str, jax.Array]:
+              initial_state: jax.Array | None = None,
+              num_slots: int | None = None) -> dict[str, jax.Array]:
     """The slot stack on encoder outputs.
 
     Args:
@@ -161,10 +170,13 @@ class VideoSlotModel(nn.Module):
       initial_state: optional [B, max_slots, D_s] predicted slots entering frame 0
         (carrying slots across chunks of a long video); frame 0 then runs `iters`
         iterations from it instead of `iters_first` from the placeholders.
+      num_slots: optional static K <= max_slots: compute only rows 0..K-1 (a curriculum
+        stage's active slots, `train.active_slots_only`). The outputs then have K slot
+        rows and equal the padded model's first K rows when rows >= K are inactive.
 
     Returns a dict: features [B,T,N,D_s], targets [B,T,N,D_f], slots and
     slots_predicted [B,T,K,D_s], sa_masks / sa_logits / dec_masks / dec_alpha
-    [B,T,K,N], recon [B,T,N,D_f], with K = max_slots.
+    [B,T,K,N], recon [B,T,N,D_f], with K = num_slots or max_slots.
     """
     self._check_inputs(features_in, targets, active_mask, rollout, initial_state)
     b, t = features_in.shape[:2]
@@ -172,6 +184,12 @@ class VideoSlotModel(nn.Module):
 
     # Frame 0, peeled off the scan: it starts from the placeholders with more iterations.
     placeholders = self.initializer(b)
+    if num_slots is not None:
+      if not 1 <= num_slots <= self.max_slots:
+        raise ValueError(f'num_slots={num_slots} must be in [1, max_slots={self.max_slots}]')
+      placeholders, active_mask = placeholders[:, :num_slots], active_mask[:num_slots]
+      if initial_state is not None:
+        initial_state = initial_state[:, :num_slots]
     if initial_state is None:
       start, iters0 = placeholders, self.iters_first
     else:
@@ -271,7 +289,9 @@ def _slot_stack_kwargs(config) -> dict:
       iters_first=sa.iters_first, iters=sa.iters, eps=sa.eps, gru_hidden=sa.gru_hidden,
       predictor_blocks=pc.num_blocks, predictor_heads=pc.num_heads,
       predictor_mlp_ratio=pc.mlp_ratio, logit_scale=pc.logit_scale,
-      decoder_hidden=tuple(mc.decoder.hidden), dtype=layers.dtype_from_name(mc.compute_dtype))
+      decoder_hidden=tuple(mc.decoder.hidden), decoder_pos_init=mc.decoder.pos_init,
+      decoder_remat=mc.decoder.remat,
+      dtype=layers.dtype_from_name(mc.compute_dtype))
 
 
 def build_model(config) -> VideoSlotModel:
