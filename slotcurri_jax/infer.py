@@ -1,7 +1,8 @@
 r"""Segment your own video with a trained model: overlay video, per-slot masks, slots.
 
   python -m slotcurri_jax.infer --config=configs/demo.py --checkpoint=/tmp/slotcurri_demo \
-      --video=clip.mp4 --output_dir=/tmp/clip_slots [--chunk_len=24] [--rollout=forward]
+      --video=clip.mp4 --output_dir=/tmp/clip_slots [--chunk_len=24] [--rollout=forward] \
+      [--overlay_format=gif]
 
 Input: an .mp4 / .webm / .mov / .mkv / .avi video (imageio-ffmpeg), a .gif, one
 .png / .jpg image, or a folder of .png / .jpg frames (natural name order:
@@ -21,7 +22,8 @@ so a forward rollout in chunks equals one pass over the whole video. With
 config.model.max_slots slots take part (Q7, as in evaluation).
 
 Outputs in --output_dir:
-  overlay.mp4               the frames with one colour per slot (overlay.gif without ffmpeg)
+  overlay.mp4               the frames with one colour per slot (overlay.gif with
+                            --overlay_format=gif, or when ffmpeg is missing)
   summary.png               up to 8 frames: frames, segmentation, each slot's mask, error
   slot_masks/frame_NNNNN.png  one tiled PNG per frame: a tile per slot showing the frame
                             through that slot's soft mask, under a bar of the slot's colour
@@ -268,8 +270,10 @@ def segment_video(model, params: Any, frames: np.ndarray, config, chunk_len: int
 # --------------------------------------------------------------------------- outputs
 
 def write_outputs(output_dir: str | os.PathLike, result: dict[str, np.ndarray],
-                  fps: float = DEFAULT_FPS) -> dict[str, str]:
+                  fps: float = DEFAULT_FPS, overlay_format: str = 'mp4') -> dict[str, str]:
   """Write the files listed in the module docstring; returns name -> path."""
+  if overlay_format not in ('mp4', 'gif'):
+    raise ValueError(f'overlay_format must be "mp4" or "gif", got {overlay_format!r}')
   from slotcurri_jax import visualize
   out = pathlib.Path(output_dir)
   out.mkdir(parents=True, exist_ok=True)
@@ -278,7 +282,11 @@ def write_outputs(output_dir: str | os.PathLike, result: dict[str, np.ndarray],
   r = frames.shape[1]
   paths = {}
   overlay = visualize.overlay(frames, ids, num_colours=k)
-  paths['overlay'] = visualize.save_video(out / 'overlay.mp4', overlay, fps)
+  if overlay_format == 'gif':
+    visualize.save_gif(out / 'overlay.gif', overlay, fps)
+    paths['overlay'] = str(out / 'overlay.gif')
+  else:
+    paths['overlay'] = visualize.save_video(out / 'overlay.mp4', overlay, fps)
 
   from slotcurri_jax import metrics as metrics_lib
 
@@ -312,7 +320,8 @@ def write_outputs(output_dir: str | os.PathLike, result: dict[str, np.ndarray],
 
 
 def run(config, checkpoint: str, video: str, output_dir: str, chunk_len: int = 24,
-        rollout: str | None = None, fps: float | None = None, params: Any = None) -> dict[str, str]:
+        rollout: str | None = None, fps: float | None = None, params: Any = None,
+        overlay_format: str = 'mp4') -> dict[str, str]:
   """Read `video`, segment it with the checkpoint's params, write the outputs.
 
   params: use these instead of loading `checkpoint` (tests).
@@ -328,7 +337,7 @@ def run(config, checkpoint: str, video: str, output_dir: str, chunk_len: int = 2
   logging.info('%s: %d frames of %dx%d, %s rollout in chunks of %d', video, len(frames),
                frames.shape[2], frames.shape[1], rollout, chunk_len)
   result = segment_video(model, params, frames, config, chunk_len, rollout, progress=True)
-  paths = write_outputs(output_dir, result, fps or source_fps or DEFAULT_FPS)
+  paths = write_outputs(output_dir, result, fps or source_fps or DEFAULT_FPS, overlay_format)
   return paths
 
 
@@ -347,6 +356,7 @@ def _define_flags():
   flags.DEFINE_integer('chunk_len', 24, 'Frames per model call; slots carry across chunks.')
   flags.DEFINE_enum('rollout', None, ['forward', 'cyclic'], 'Default: config.eval.rollout.')
   flags.DEFINE_float('fps', None, 'Frame rate of the overlay video; default: the input\'s.')
+  flags.DEFINE_enum('overlay_format', 'mp4', ['mp4', 'gif'], 'overlay.mp4 or overlay.gif.')
 
 
 def main(argv) -> None:
@@ -359,7 +369,8 @@ def main(argv) -> None:
   for name in ('checkpoint', 'video', 'output_dir'):
     if not f[name].value:
       raise app.UsageError(f'--{name} is required')
-  paths = run(config, f.checkpoint, f.video, f.output_dir, f.chunk_len, f.rollout, f.fps)
+  paths = run(config, f.checkpoint, f.video, f.output_dir, f.chunk_len, f.rollout, f.fps,
+              overlay_format=f.overlay_format)
   print(json.dumps(paths, indent=2))
 
 

@@ -61,8 +61,9 @@ def _direct(model, params, config, frames, rollout, initial_state=None):
 def _check_outputs(out_dir, paths, config, t):
   k, r = config.model.max_slots, config.data.resolution
   grid = r // config.model.encoder.cnn_patch_size
-  video = iio.imread(paths['overlay'], plugin='FFMPEG')
-  assert video.shape == (t, r, r, 3)
+  video = iio.imread(paths['overlay'], **({} if paths['overlay'].endswith('.gif')
+                                           else {'plugin': 'FFMPEG'}))
+  assert video.shape[:3] == (t, r, r) and video.shape[3] in (3, 4)
   with np.load(out_dir / 'masks_and_slots.npz') as z:
     assert z['masks'].shape == (t, r, r) and z['masks'].dtype == np.uint8
     assert z['masks'].max() < k
@@ -101,7 +102,8 @@ def test_png_folder_natural_order(setup, tmp_path):
   np.testing.assert_array_equal(read, frames)
   assert fps is None
   paths = infer.run(config, None, str(folder), str(tmp_path / 'out'), chunk_len=3,
-                    rollout='forward', params=params)
+                    rollout='forward', params=params, overlay_format='gif')
+  assert paths['overlay'].endswith('overlay.gif')
   _check_outputs(tmp_path / 'out', paths, config, 11)
 
 
