@@ -329,6 +329,25 @@ def test_cnn_encoder_targets_are_patch_pixels_and_it_trains():
   assert encoders.load_encoder_params(config) is None
 
 
+@pytest.mark.parametrize('kernel,patchify', [(4, True), (3, False), (1, False)])
+def test_patch_conv_is_nn_conv_as_a_matmul(kernel, patchify):
+  # Same params (names, shapes, init values for the same key) and outputs as nn.Conv,
+  # so CNN checkpoints written with either load into the other.
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 5))
+  ours = encoders.PatchConv(6, kernel, patchify=patchify)
+  conv = flax.linen.Conv(6, (kernel, kernel), strides=kernel if patchify else 1,
+                         padding='VALID' if patchify else 'SAME')
+  params = ours.init(jax.random.PRNGKey(0), x)
+  conv_params = conv.init(jax.random.PRNGKey(0), x)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(conv_params)):
+    np.testing.assert_array_equal(a, b)
+  params = jax.tree.map(lambda a: a + 0.1, params)  # a nonzero bias too
+  np.testing.assert_allclose(ours.apply(params, x), conv.apply(params, x), atol=1e-5)
+  grad = lambda m: jax.grad(lambda p: jnp.sum(jnp.sin(m.apply(p, x))))(params)
+  for a, b in zip(jax.tree.leaves(grad(ours)), jax.tree.leaves(grad(conv))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_bfloat16_compute_runs_finite():
   _, model = _stack(compute_dtype='bfloat16')
   feats, targets = _inputs()

@@ -31,6 +31,38 @@ from slotcurri_jax.models import layers
 DEFAULT_WEIGHTS_DIR = pathlib.Path.home() / '.cache' / 'slotcurri_jax' / 'dinov2'
 
 
+class PatchConv(nn.Module):
+  """A stride-1 'SAME' convolution, or a stride = kernel 'VALID' one (`patchify`), as one
+  matmul over gathered windows.
+
+  The params are nn.Conv's (kernel [kh, kw, C_in, C_out] lecun-normal, bias [C_out] zeros)
+  and so is the result; the matmul form is what makes the demo fast on CPU, where XLA's
+  kernel gradient of a small convolution runs at a few GFLOP/s.
+  """
+  features: int
+  kernel_size: int
+  patchify: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    """x: [B, H, W, C_in] -> [B, H', W', C_out]; H' = H / k when patchify, else H."""
+    b, h, w, c = x.shape
+    k = self.kernel_size
+    kernel = self.param('kernel', nn.initializers.lecun_normal(), (k, k, c, self.features))
+    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
+    if self.patchify:
+      windows = x.reshape(b, h // k, k, w // k, k, c).transpose(0, 1, 3, 2, 4, 5)
+    else:
+      lo = (k - 1) // 2
+      padded = jnp.pad(x, ((0, 0), (lo, k - 1 - lo), (lo, k - 1 - lo), (0, 0)))
+      windows = jnp.stack([jnp.stack([padded[:, i:i + h, j:j + w] for j in range(k)], axis=3)
+                           for i in range(k)], axis=3)  # [B, H, W, k, k, C_in]
+    windows = windows.reshape(windows.shape[:3] + (k * k * c,)).astype(self.dtype)
+    y = windows @ kernel.reshape(k * k * c, self.features).astype(self.dtype)
+    return y + bias.astype(self.dtype)
+
+
 class CNNEncoder(nn.Module):
   """Patchify conv -> 3x3 conv -> 1x1 conv, ReLUs between, plus a learned position term.
 
@@ -49,14 +81,13 @@ class CNNEncoder(nn.Module):
     b, h, w, _ = images.shape
     p, f = self.patch_size, self.features
     check_grid(images.shape[1:], p)
-    x = nn.Conv(f, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
-                name='patchify')(images)
+    x = PatchConv(f, p, patchify=True, dtype=self.dtype, name='patchify')(images)
     g = h // p
     ys, xs = jnp.meshgrid(jnp.linspace(0.0, 1.0, g), jnp.linspace(0.0, 1.0, g), indexing='ij')
     coords = jnp.stack([ys, xs, 1.0 - ys, 1.0 - xs], axis=-1)
     x = nn.relu(x + nn.Dense(f, dtype=self.dtype, name='position')(coords))
-    x = nn.relu(nn.Conv(f, (3, 3), padding='SAME', dtype=self.dtype, name='conv')(x))
-    x = nn.Conv(f, (1, 1), dtype=self.dtype, name='out')(x)
+    x = nn.relu(PatchConv(f, 3, dtype=self.dtype, name='conv')(x))
+    x = PatchConv(f, 1, dtype=self.dtype, name='out')(x)
     return x.reshape(b, g * g, f).astype(jnp.float32)
 
 
