@@ -51,8 +51,8 @@ class PatchConv(nn.Module):
     k = self.kernel_size
     kernel = self.param('kernel', nn.initializers.lecun_normal(), (k, k, c, self.features))
     bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
-    if self.patchify:
-      windows = x.reshape(b, h // k, k, w // k, k, c).transpose(0, 1, 3, 2, 4, 5)
+    if self.patchify:  # [B, H/k * W/k, k*k*C_in], pixels (row, column, channel) = kernel's
+      windows = patchify(x, k).reshape(b, h // k, w // k, k * k * c)
     else:
       lo = (k - 1) // 2
       padded = jnp.pad(x, ((0, 0), (lo, k - 1 - lo), (lo, k - 1 - lo), (0, 0)))
