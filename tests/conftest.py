@@ -17,15 +17,20 @@ jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-FIXTURES = pathlib.Path(os.environ.get(
-    'SLOTCURRI_FIXTURES', REPO.parent / 'shared' / 'fixtures' / 'reference'))
 
 
 @pytest.fixture(scope='session')
 def fixtures_dir() -> pathlib.Path:
-  if not FIXTURES.is_dir():
-    pytest.fail(f'golden fixtures not found at {FIXTURES}; set SLOTCURRI_FIXTURES')
-  return FIXTURES
+  """The single-step golden fixtures (fixtures/reference, or $SLOTCURRI_FIXTURES)."""
+  from slotcurri_jax import fixtures
+  return fixtures.fixtures_dir('reference')
+
+
+@pytest.fixture(scope='session')
+def trajectory_dir() -> pathlib.Path:
+  """The whole-run golden fixtures (fixtures/trajectory, or $SLOTCURRI_FIXTURES)."""
+  from slotcurri_jax import fixtures
+  return fixtures.fixtures_dir('trajectory')
 
 
 def tiny_config(variant=None, **data_overrides):
