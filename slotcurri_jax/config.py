@@ -57,7 +57,8 @@ def default_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- model
   c.model = ml_collections.ConfigDict()
   c.model.encoder = ml_collections.ConfigDict(dict(
-      kind='dinov2',  # 'dinov2' (frozen ViT) | 'cnn' (trainable, patch-pixel target)
+      # 'dinov2' (frozen ViT) | 'cnn' (trainable, patch-pixel target) | 'tokens'
+      kind='dinov2',
       variant='vit_small_patch14',  # | 'vit_base_patch14'
       weights='',  # path to timm/HF/our-format weights; '' -> default cache path
       random_init=False,  # explicit opt-in to a random backbone (tests, benchmarks)
@@ -65,6 +66,9 @@ def default_config() -> ml_collections.ConfigDict:
       # CNN encoder of the offline demo
       cnn_patch_size=8,  # pixels per patch side; target = patch pixels (p*p*3)
       cnn_features=64,
+      # kind='tokens': precomputed backbone tokens in batch['features'] [B, T, G*G, D]
+      token_dim=0,  # D
+      token_grid=0,  # G
   ))
   c.model.slot_dim = 64
   c.model.max_slots = 11

@@ -15,6 +15,7 @@ Timeline of a boundary s_j (j >= 1) of the schedule ((s_0=0, K_0), (s_1, K_1), .
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -282,3 +283,101 @@ def spawn(placeholders: jax.Array, errors: jax.Array, num_old: jax.Array | int,
   if mode == 'none':
     new_p = placeholders
   return new_p, info
+
+
+# --------------------------------------------------------------------------- the object
+
+@dataclasses.dataclass(frozen=True)
+class Curriculum:
+  """The slot curriculum of a run, built once from the config and called by the train
+  step, the loop and evaluation (docs/method.md §7).
+
+  The rule, in one place: K(s) slots are active at update s; at the start of a boundary
+  step s_j the rows K_{j-1} .. K_j - 1 of the placeholders are written from the
+  slot-wise error recorded at s_j - 1 (`spawn_at`); with `boundary_uses_old_count`
+  (quirk 6) step s_j itself still trains with K_{j-1}. The train state keeps only the
+  error record ([error_window, max_slots]); everything else is a function of the step.
+  """
+  schedule: Schedule
+  max_slots: int
+  boundary_uses_old_count: bool = True
+  error_window: int = 1
+  scale: float = 0.2
+  neighbor: str = 'cosine_all'
+  norm_rows: str = 'all'
+  mode: str = 'perturb'
+
+  @classmethod
+  def from_config(cls, config) -> 'Curriculum':
+    cc = config.curriculum
+    return cls(schedule=build_schedule(cc, config.model.max_slots, config.train.steps),
+               max_slots=config.model.max_slots,
+               boundary_uses_old_count=cc.boundary_uses_old_count,
+               error_window=cc.error_window, scale=cc.spawn_scale, neighbor=cc.neighbor,
+               norm_rows=cc.norm_rows, mode=cc.spawn)
+
+  @property
+  def boundaries(self) -> tuple[int, ...]:
+    """The spawn steps s_1, s_2, ..."""
+    return spawn_steps(self.schedule)
+
+  # ---- which slots are active
+
+  def num_active(self, step: jax.Array | int) -> jax.Array:
+    """K(step), [] int32, traceable in step."""
+    return num_active_slots(step, self.schedule, self.boundary_uses_old_count)
+
+  def num_active_host(self, step: int) -> int:
+    """K(step) for a Python int step (picks a stage's compiled train step)."""
+    return num_active_slots_host(step, self.schedule, self.boundary_uses_old_count)
+
+  def active_mask(self, step: jax.Array | int) -> jax.Array:
+    """[max_slots] bool, the rows trained at `step`."""
+    return active_mask(self.num_active(step), self.max_slots)
+
+  def stage(self, step: jax.Array | int) -> jax.Array:
+    """[] int32 index of the stage whose count K(step) is (same rule as num_active)."""
+    boundaries = jnp.asarray(self.boundaries, jnp.int32)
+    step = jnp.asarray(step, jnp.int32)
+    passed = step > boundaries if self.boundary_uses_old_count else step >= boundaries
+    return jnp.sum(passed.astype(jnp.int32))
+
+  # ---- the slot-wise error record and the spawn
+
+  def init_error_record(self) -> jax.Array:
+    """[error_window, max_slots] float32 zeros (a ring buffer indexed by step % window)."""
+    return jnp.zeros((self.error_window, self.max_slots), jnp.float32)
+
+  def record_error(self, record: jax.Array, step: jax.Array, error: jax.Array) -> jax.Array:
+    """The record with `error` ([K] errors of the computed rows, K <= max_slots) of
+    update `step` written into its ring slot (zero-padded to max_slots)."""
+    error = jnp.pad(error, (0, self.max_slots - error.shape[0]))
+    return record.at[step % record.shape[0]].set(error)
+
+  def spawn_at(self, step: jax.Array, placeholders: jax.Array, record: jax.Array,
+               key: jax.Array, directions: jax.Array | None = None
+               ) -> tuple[jax.Array, jax.Array]:
+    """The placeholders [max_slots, D_s] to train update `step` with, and the children
+    per parent [max_slots] int32 (all 0 away from a boundary).
+
+    At a boundary step s_j the children are written (see `spawn`) from the error
+    record's mean; elsewhere P is returned unchanged. directions: optional
+    [max_slots, D_s] unit rows, row r for the r-th child; drawn from `key` otherwise.
+    """
+    no_children = jnp.zeros((self.max_slots,), jnp.int32)
+    if len(self.schedule) == 1:
+      return placeholders, no_children
+    boundaries = jnp.asarray(self.boundaries, jnp.int32)
+    old_counts = jnp.asarray([k for _, k in self.schedule[:-1]], jnp.int32)
+    new_counts = jnp.asarray([k for _, k in self.schedule[1:]], jnp.int32)
+    hit = step == boundaries
+    idx = jnp.argmax(hit)
+    errors = jnp.mean(record, axis=0)
+
+    def write(p):
+      new_p, info = spawn(p, errors, old_counts[idx], new_counts[idx], key, scale=self.scale,
+                          neighbor=self.neighbor, norm_rows=self.norm_rows, mode=self.mode,
+                          directions=directions)
+      return new_p, info['counts']
+
+    return jax.lax.cond(jnp.any(hit), write, lambda p: (p, no_children), placeholders)

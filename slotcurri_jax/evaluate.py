@@ -19,6 +19,7 @@ import numpy as np
 from etils import epath
 
 from slotcurri_jax import metrics as metrics_lib
+from slotcurri_jax import curriculum as curriculum_lib
 from slotcurri_jax import parallel
 from slotcurri_jax.data import movi
 from slotcurri_jax.data import pipeline
@@ -46,7 +47,7 @@ def eval_active_mask(config, state) -> jax.Array:
   """Q7: all max_slots rows in every curriculum stage unless eval.all_slots is off."""
   if config.eval.all_slots:
     return jnp.ones((config.model.max_slots,), bool)
-  return state.active_mask
+  return curriculum_lib.Curriculum.from_config(config).active_mask(state.step)
 
 
 def evaluate(config, model, state, mesh, *, workdir: str, writer=None, max_batches: int = -1,

@@ -1,15 +1,21 @@
-"""The training loop, top to bottom: model and state, the jitted step, the loop.
+"""The training loop, top to bottom: what a run is made of, the jitted step, the loop.
 
     data/pipeline (host batches) -> parallel.host_to_global -> train_step(state, batch)
       -> metric writers / periodic evaluation / checkpoints
 
-`train_step` is compiled once: curriculum stage changes only rewrite rows of
-the padded placeholder array and flip bits of the active-slot mask (SPEC §17.2),
+A run is made of a few objects built once from the config (`Run.from_config`): the
+encoder spec, the model, the curriculum and the objective. The train step, the
+golden-trajectory replay (tools/check_fixture.py) and the benchmarks call these same
+objects, so the step that is checked against the original is the step that trains.
+
+`train_step` is compiled once: curriculum stage changes only rewrite rows of the
+padded placeholder array and flip bits of the active-slot mask (docs/method.md §17.2),
 and the SSync switch multiplies by a traced 0/1. With `train.active_slots_only` it is
 compiled once per curriculum stage instead, and computes only that stage's slots.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -24,11 +30,10 @@ import optax
 from etils import epath
 
 from slotcurri_jax import checkpoint as checkpoint_lib
-from slotcurri_jax import curriculum
+from slotcurri_jax import curriculum as curriculum_lib
 from slotcurri_jax import evaluate as evaluate_lib
-from slotcurri_jax import losses
+from slotcurri_jax import objective as objective_lib
 from slotcurri_jax import parallel
-from slotcurri_jax import ssync
 from slotcurri_jax import train_state as train_state_lib
 from slotcurri_jax.data import pipeline
 from slotcurri_jax.models import encoders
@@ -37,34 +42,71 @@ from slotcurri_jax.models import video_model
 TrainState = train_state_lib.TrainState
 
 
-# --------------------------------------------------------------------------- model and state
+# --------------------------------------------------------------------------- what a run is made of
 
-def create_state(config, model, mesh, rng: jax.Array) -> tuple[TrainState, Any]:
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """The objects a training run is made of, each built once from the config."""
+  config: Any
+  spec: encoders.EncoderSpec
+  model: video_model.VideoSlotModel
+  curriculum: curriculum_lib.Curriculum
+  objective: objective_lib.Objective
+
+  @classmethod
+  def from_config(cls, config) -> 'Run':
+    spec = encoders.encoder_spec(config)
+    return cls(config=config, spec=spec, model=video_model.build_model(config, spec),
+               curriculum=curriculum_lib.Curriculum.from_config(config),
+               objective=objective_lib.Objective.from_config(config, (spec.grid, spec.grid)))
+
+
+# --------------------------------------------------------------------------- state
+
+def create_state(run: Run, mesh, rng: jax.Array, params: Any = None) -> tuple[TrainState, Any]:
   """A fresh TrainState placed on `mesh`, and the state's shardings.
 
   The state is created inside one jit with out_shardings: each device only ever holds
   its own shards (fsdp), and no multi-process device_put (which checks every leaf for
-  equality across hosts, one collective per leaf) is needed. Pretrained encoder weights
-  are then placed shard by shard from host memory.
+  equality across hosts, one collective per leaf) is needed. Pretrained encoder weights,
+  or all of `params` when given (host arrays of the model's tree: imported weights, a
+  golden fixture's initial params), are then placed shard by shard from host memory.
   """
+  config = run.config
   params_rng, state_rng = jax.random.split(rng)
-  pretrained = encoders.load_encoder_params(config)  # first: missing weights fail before compiling
-  t, r = config.data.train_clip_len, config.data.resolution
+  # First: missing weights fail before compiling.
+  pretrained = encoders.load_encoder_params(config) if params is None else None
+
+  def init_params():
+    active = jnp.ones((config.model.max_slots,), bool)
+    p = run.model.init(params_rng, run.spec.example_input(config), active)['params']
+    return scale_init(p, config.model.init_gains)
+
+  tx = train_state_lib.make_optimizer(config, jax.eval_shape(init_params), run.spec.frozen)
 
   def init():
-    video = jnp.zeros((1, t, r, r, 3), jnp.float32)
-    active = jnp.ones((config.model.max_slots,), bool)
-    params = model.init(params_rng, video, active)['params']
-    params = scale_init(params, config.model.init_gains)
-    return train_state_lib.create_train_state(config, params, state_rng)
+    p = init_params()
+    return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
+                      slot_error=run.curriculum.init_error_record(), rng=state_rng, tx=tx)
 
   shardings = state_shardings(jax.eval_shape(init), config, mesh)
   state = jax.jit(init, out_shardings=shardings)()
-  if pretrained is not None:
-    params = dict(state.params)
-    params['encoder'] = jax.tree.map(_place_from_host, pretrained, state.params['encoder'])
-    state = state.replace(params=params)
+  if params is not None:
+    _check_same_tree(params, state.params)
+    state = state.replace(params=jax.tree.map(_place_from_host, params, state.params))
+  elif pretrained is not None:
+    new = dict(state.params)
+    new['encoder'] = jax.tree.map(_place_from_host, pretrained, state.params['encoder'])
+    state = state.replace(params=new)
   return state, shardings
+
+
+def _check_same_tree(given: Any, model: Any) -> None:
+  paths = lambda t: {parallel.path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(t)[0]}
+  missing, extra = paths(model) - paths(given), paths(given) - paths(model)
+  if missing or extra:
+    raise ValueError(f'the given params do not fit the model: missing {sorted(missing)[:5]}, '
+                     f'unexpected {sorted(extra)[:5]}; check the config\'s model sizes')
 
 
 def scale_init(params: Any, gains: Sequence[tuple[str, float]]) -> Any:
@@ -86,8 +128,8 @@ def _place_from_host(value, like: jax.Array) -> jax.Array:
   """A host array as a global jax.Array in `like`'s sharding (each host fills its shards)."""
   value = np.asarray(value, dtype=like.dtype)
   if value.shape != like.shape:
-    raise ValueError(f'pretrained encoder weight of shape {value.shape} where the model '
-                     f'has {like.shape}: check model.encoder.variant')
+    raise ValueError(f'a given weight has shape {value.shape} where the model has '
+                     f'{like.shape}: check the config\'s model sizes (or model.encoder.variant)')
   return jax.make_array_from_callback(like.shape, like.sharding, lambda index: value[index])
 
 
@@ -100,163 +142,98 @@ def state_shardings(state: TrainState, config, mesh) -> Any:
   if rules:
     opt_sh = parallel.param_shardings(state.opt_state, mesh, rules)
   rep = parallel.replicated(mesh)
-  return TrainState(step=rep, params=param_sh, opt_state=opt_sh, active_mask=rep, stage=rep,
-                    slot_error=rep, rng=rep)
-
-
-# --------------------------------------------------------------------------- losses
-
-def compute_losses(config, outputs: dict, active_mask: jax.Array,
-                   step: jax.Array) -> tuple[jax.Array, dict]:
-  """The weighted objective of the configured method (SPEC §6.4) and its terms.
-
-  outputs: the model's dict ([B, T, ...] arrays); active_mask: [max_slots] bool.
-  """
-  lc = config.loss
-  batch = outputs['slots'].shape[0]
-  group = min(lc.contrast_group_size, batch)
-  terms = {
-      'loss_mse': losses.feature_mse(outputs['recon'], outputs['targets']),
-      'loss_ss': losses.slot_contrast(outputs['slots'], active_mask,
-                                      temperature=lc.ss_temperature, group_size=group),
-  }
-  total = lc.mse_weight * terms['loss_mse'] + lc.ss_weight * terms['loss_ss']
-  if lc.ssim_weight > 0:
-    grid = int(round(outputs['recon'].shape[2] ** 0.5))
-    terms['loss_ssim'] = losses.ssim3d(outputs['recon'], outputs['targets'], (grid, grid))
-    total = total + lc.ssim_weight * terms['loss_ssim']
-  if config.ssync.enabled:
-    sc = config.ssync
-    loss_bd, loss_in, aux = ssync.ssync_losses(
-        outputs['sa_logits'], outputs['dec_alpha'], active_mask,
-        tau_merge=sc.tau_merge, n_bd=sc.n_bd, n_noise=sc.n_noise, n_nbd=sc.n_nbd,
-        temperature=sc.temperature, loss=sc.loss, group_size=group, reduction=sc.reduction)
-    gate = ssync.ssync_weight(step, ssync_start_step(config))
-    terms.update(loss_bd=loss_bd, loss_in=loss_in, ssync_gate=gate)
-    for name in ('boundary_fraction', 'interior_fraction'):
-      if name in aux:
-        terms[name] = aux[name]
-    total = total + gate * (sc.bd_weight * loss_bd + sc.in_weight * loss_in)
-  terms['loss_total'] = total
-  return total, terms
-
-
-def ssync_start_step(config) -> int:
-  total = config.ssync.total_steps or config.train.steps
-  return int(config.ssync.start_fraction * total)
+  return TrainState(step=rep, params=param_sh, opt_state=opt_sh, slot_error=rep, rng=rep,
+                    tx=state.tx)
 
 
 # --------------------------------------------------------------------------- the step
 
-def make_train_step(config, model, num_slots: int | None = None
+def make_train_step(run: Run, num_slots: int | None = None, *, diagnostics: bool = False
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """train_step(state, batch) -> (state, metrics); batch['video']: [B, T, H, W, 3].
+  """train_step(state, batch) -> (state, metrics).
+
+  batch[run.spec.input_key]: video [B, T, H, W, 3] or tokens [B, T, N, D_in]; optional
+  batch['spawn_directions']: [max_slots, D_s] unit rows for the spawn of a boundary step
+  (row r for the r-th child); by default they are drawn from fold_in(state.rng, step).
+
+  One update s = state.step, in the original's order (docs/method.md §10.3):
+    1. at a boundary step, spawn children into the placeholders (error of step s - 1);
+    2. forward with the K(s) active slots, the objective, its gradient;
+    3. record the slot-wise error of this forward (consumed at the next boundary);
+    4. clip by the global norm and take an Adam step with lr(s).
 
   num_slots: None computes all max_slots rows (inactive ones masked): one compilation
   for the whole run. An int K computes only rows 0..K-1, for the stages where K slots
   are active (`train.active_slots_only`; one compilation per stage, same results).
+  diagnostics: also return the placeholders the update started from ('placeholders'
+  [max_slots, D_s], after any spawn), the children per parent of a spawn
+  ('spawn_counts' [max_slots]), the recorded 'slot_error' [max_slots] and the
+  objective's aux (SSync labels, merge mapping, region masks).
   """
+  config, model, curriculum, objective = run.config, run.model, run.curriculum, run.objective
+  input_key = run.spec.input_key
   max_slots = config.model.max_slots
-  cc = config.curriculum
-  schedule = curriculum.build_schedule(cc, max_slots, config.train.steps)
-  boundaries = jnp.asarray([s for s, _ in schedule[1:]], jnp.int32)
-  old_counts = jnp.asarray([k for _, k in schedule[:-1]], jnp.int32)
-  new_counts = jnp.asarray([k for _, k in schedule[1:]], jnp.int32)
-  placeholders_path = train_state_lib.PLACEHOLDERS
-  tx = train_state_lib.make_optimizer(config, model_params_template(config, model))
   lr_fn = train_state_lib.learning_rate_schedule(config.train)
 
-  def active_at(step):
-    return jnp.arange(max_slots) < curriculum.num_active_slots(
-        step, schedule, cc.boundary_uses_old_count)
-
-  def maybe_spawn(params, state):
-    """At the start of a boundary step s_j, children are written into the padded rows
-    from the slot-wise error of step s_j - 1 (SPEC §7.3-7.5)."""
-    if len(schedule) == 1:
-      return params
-    hit = state.step == boundaries
-    idx = jnp.argmax(hit)
-    errors = jnp.mean(state.slot_error, axis=0)
-    key = jax.random.fold_in(state.rng, state.step)
-    placeholders = params[placeholders_path[0]][placeholders_path[1]]
-
-    def spawn(p):
-      new_p, _ = curriculum.spawn(
-          p, errors, old_counts[idx], new_counts[idx], key, scale=cc.spawn_scale,
-          neighbor=cc.neighbor, norm_rows=cc.norm_rows, mode=cc.spawn)
-      return new_p
-
-    placeholders = jax.lax.cond(jnp.any(hit), spawn, lambda p: p, placeholders)
-    params = dict(params)
-    params[placeholders_path[0]] = dict(params[placeholders_path[0]], **{placeholders_path[1]: placeholders})
-    return params
-
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    params = maybe_spawn(state.params, state)
-    active = active_at(state.step)
-
+    key = jax.random.fold_in(state.rng, state.step)
+    placeholders, spawn_counts = curriculum.spawn_at(
+        state.step, video_model.get_placeholders(state.params), state.slot_error, key,
+        batch.get('spawn_directions'))
+    params = video_model.set_placeholders(state.params, placeholders)
+    active = curriculum.active_mask(state.step)
     computed = active if num_slots is None else active[:num_slots]
 
     def loss_fn(p):
-      outputs = model.apply({'params': p}, batch['video'], active, rollout='forward',
+      outputs = model.apply({'params': p}, batch[input_key], active, rollout='forward',
                             num_slots=num_slots)
-      total, terms = compute_losses(config, outputs, computed, state.step)
-      error = curriculum.slot_error(jax.lax.stop_gradient(outputs['dec_masks']),
-                                    jax.lax.stop_gradient(outputs['recon']),
-                                    outputs['targets'])
-      return total, (terms, jnp.pad(error, (0, max_slots - error.shape[0])))
+      total, terms, aux = objective(outputs, computed, state.step)
+      error = curriculum_lib.slot_error(jax.lax.stop_gradient(outputs['dec_masks']),
+                                        jax.lax.stop_gradient(outputs['recon']),
+                                        outputs['targets'])
+      return total, (terms, aux, error)
 
-    (_, (terms, error)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, state.opt_state, params)
-    params = optax.apply_updates(params, updates)
-    window = state.slot_error.shape[0]
-    slot_error = state.slot_error.at[state.step % window].set(error)
-    step = state.step + 1
+    (_, (terms, aux, error)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = state.tx.update(grads, state.opt_state, params)
     new_state = state.replace(
-        step=step, params=params, opt_state=opt_state, active_mask=active_at(step),
-        stage=jnp.sum(step >= boundaries).astype(jnp.int32) if len(schedule) > 1 else state.stage,
-        slot_error=slot_error)
-    labels = train_state_lib.param_labels(grads, config)
-    trainable_grads = jax.tree.map(lambda g, l: g if l == 'trainable' else jnp.zeros_like(g),
-                                   grads, labels)
-    metrics = dict(terms, grad_norm=optax.tree.norm(trainable_grads),
+        step=state.step + 1, params=optax.apply_updates(params, updates), opt_state=opt_state,
+        slot_error=curriculum.record_error(state.slot_error, state.step, error))
+    labels = train_state_lib.param_labels(grads, run.spec.frozen)
+    trainable = jax.tree.map(lambda g, l: g if l == 'trainable' else jnp.zeros_like(g),
+                             grads, labels)
+    grad_norm = optax.tree.norm(trainable)
+    metrics = dict(terms, grad_norm=grad_norm,
+                   clip_coef=train_state_lib.clip_coefficient(grad_norm, config.train.clip_norm),
                    learning_rate=lr_fn(state.step), active_slots=jnp.sum(active))
+    if diagnostics:
+      metrics.update(aux, placeholders=placeholders, spawn_counts=spawn_counts,
+                     slot_error=jnp.pad(error, (0, max_slots - error.shape[0])))
     return new_state, metrics
 
   return train_step
 
 
-def model_params_template(config, model) -> Any:
-  """Param shapes (no values): the optimizer only needs the tree and labels."""
-  t, r = config.data.train_clip_len, config.data.resolution
-  return jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, t, r, r, 3)),
-                         jnp.ones((config.model.max_slots,), bool))['params'])
-
-
-def jit_train_step(config, model, mesh, shardings, num_slots: int | None = None):
-  step_fn = make_train_step(config, model, num_slots)
+def jit_train_step(run: Run, mesh, shardings, num_slots: int | None = None, *,
+                   diagnostics: bool = False):
+  step_fn = make_train_step(run, num_slots, diagnostics=diagnostics)
   return jax.jit(step_fn,
                  in_shardings=(shardings, parallel.batch_sharding(mesh)),
                  out_shardings=(shardings, parallel.replicated(mesh)),
                  donate_argnums=(0,))
 
 
-def stage_train_steps(config, model, mesh, shardings) -> Callable[[int], Callable]:
+def stage_train_steps(run: Run, mesh, shardings, *, diagnostics: bool = False
+                      ) -> Callable[[int], Callable]:
   """host step -> the jitted train_step for it: one for the run, or one per stage."""
-  if not config.train.active_slots_only:
-    step_fn = jit_train_step(config, model, mesh, shardings)
+  if not run.config.train.active_slots_only:
+    step_fn = jit_train_step(run, mesh, shardings, diagnostics=diagnostics)
     return lambda step: step_fn
-  schedule = curriculum.build_schedule(config.curriculum, config.model.max_slots,
-                                       config.train.steps)
   compiled: dict[int, Callable] = {}
 
   def for_step(step: int) -> Callable:
-    k = curriculum.num_active_slots_host(step, schedule,
-                                         config.curriculum.boundary_uses_old_count)
+    k = run.curriculum.num_active_host(step)
     if k not in compiled:
-      compiled[k] = jit_train_step(config, model, mesh, shardings, num_slots=k)
+      compiled[k] = jit_train_step(run, mesh, shardings, num_slots=k, diagnostics=diagnostics)
     return compiled[k]
 
   return for_step
@@ -270,16 +247,17 @@ def train_and_evaluate(config, workdir: str, *, evaluate_at_end: bool = True) ->
   workdir.mkdir(parents=True, exist_ok=True)
   pipeline.check_available(config, splits=('train', 'validation') if evaluate_at_end else ('train',))
   mesh = parallel.mesh_from_config(config)
-  model = video_model.build_model(config)
+  run = Run.from_config(config)
+  model = run.model
   ckpt = checkpoint_lib.Checkpointer(str(workdir), config)
   ckpt.check_compatible()
 
-  state, shardings = create_state(config, model, mesh, jax.random.PRNGKey(config.seed))
+  state, shardings = create_state(run, mesh, jax.random.PRNGKey(config.seed))
   if ckpt.latest_step() is not None:
     state = ckpt.restore(checkpoint_lib.abstract_like(state))
     logging.info('resumed from step %d', int(state.step))
   start_step = int(jax.device_get(state.step))
-  train_step_for = stage_train_steps(config, model, mesh, shardings)
+  train_step_for = stage_train_steps(run, mesh, shardings)
 
   is_chief = jax.process_index() == 0
   writer = metric_writers.create_default_writer(str(workdir / 'tensorboard'), just_logging=not is_chief)

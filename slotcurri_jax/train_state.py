@@ -1,15 +1,15 @@
-"""The functional train state and its creation: params, optimizer, curriculum bookkeeping.
+"""The functional train state and the optimizer (docs/method.md §10).
 
 Everything a resumed run needs lives in `TrainState`, so a checkpoint of it is a
-complete snapshot: the slot placeholders (padded to max_slots, inside params),
-the active-slot mask, the curriculum stage, the slot-wise error accumulator
-(SPEC §7.3, checkpointed unlike the reference) and the RNG. The data position
-is `step` itself: the training stream is a deterministic function of
-(seed, step) (data/pipeline.py).
+complete snapshot: the params (the slot placeholders padded to max_slots inside them),
+the optimizer state, the curriculum's slot-wise error record (checkpointed, unlike the
+original) and the RNG. Which slots are active and which stage the run is in are
+functions of `step` (`curriculum.Curriculum`); the data position is `step` itself (the
+training stream is a deterministic function of (seed, step), data/pipeline.py).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import flax.struct
@@ -17,34 +17,32 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from slotcurri_jax import curriculum
-
-PLACEHOLDERS = ('initializer', 'placeholders')  # path of the slot placeholders in params
-
 
 @flax.struct.dataclass
 class TrainState:
-  """step: [] int32, number of completed optimizer updates (SPEC's s).
+  """step: [] int32, number of completed optimizer updates (the update index s).
   params: the model's params, frozen encoder included (masked out of the optimizer).
-  opt_state: optax state.
-  active_mask: [max_slots] bool, the slots the current curriculum stage trains.
-  stage: [] int32, curriculum stage index.
-  slot_error: [error_window, max_slots] float32, slot-wise error of the last steps
-    (ring buffer indexed by step % error_window), consumed at a stage change.
-  rng: a raw PRNG key.
+  opt_state: the state of `tx`.
+  slot_error: [error_window, max_slots] float32, the curriculum's slot-wise error record
+    of the last updates (ring buffer indexed by step % error_window).
+  rng: a raw PRNG key (spawn directions are drawn from fold_in(rng, step)).
+  tx: the optimizer (static: not a pytree leaf, not checkpointed).
   """
   step: jax.Array
   params: Any
   opt_state: Any
-  active_mask: jax.Array
-  stage: jax.Array
   slot_error: jax.Array
   rng: jax.Array
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False, default=None)
 
 
 def learning_rate_schedule(train_config) -> optax.Schedule:
   """Linear warm-up from 0 over warmup_steps, then exponential decay to
-  decay_end_factor x peak at train.steps (SPEC §10.1; not cosine)."""
+  decay_end_factor x peak at train.steps (docs/method.md §10.1; not cosine).
+
+  Update s uses lr(s): the original steps its LambdaLR after the optimizer, so the
+  first update has lr(0) = 0 (it still fills Adam's moments and advances its count).
+  """
   peak = train_config.learning_rate
   warmup = train_config.warmup_steps
   decay_steps = max(1, train_config.steps - warmup)
@@ -55,43 +53,80 @@ def learning_rate_schedule(train_config) -> optax.Schedule:
       boundaries=[warmup])
 
 
-def encoder_is_frozen(config) -> bool:
-  return config.model.encoder.kind == 'dinov2'
+class ClipState(NamedTuple):
+  """clip_by_global_norm keeps no state."""
 
 
-def param_labels(params: Any, config) -> Any:
-  """'frozen' for the pretrained encoder's params, 'trainable' for the rest."""
-  frozen = encoder_is_frozen(config)
+def clip_by_global_norm(max_norm: float, eps: float = 1e-6) -> optax.GradientTransformation:
+  """The original's clip: every gradient times min(1, max_norm / (||g|| + eps)), with
+  ||g|| the L2 norm over all (trainable) gradients (docs/method.md §10.2).
 
+  optax.clip_by_global_norm computes g * max_norm / max(||g||, max_norm), which differs
+  by the eps: a harmless variant, but not the original's arithmetic.
+  """
+  def update(updates, state, params=None):
+    del params
+    coef = clip_coefficient(optax.tree.norm(updates), max_norm, eps)
+    return jax.tree.map(lambda g: g * coef.astype(g.dtype), updates), state
+
+  return optax.GradientTransformation(lambda params: ClipState(), update)
+
+
+def clip_coefficient(grad_norm: jax.Array, max_norm: float, eps: float = 1e-6) -> jax.Array:
+  """min(1, max_norm / (grad_norm + eps)), [] float32."""
+  return jnp.minimum(1.0, max_norm / (grad_norm + eps))
+
+
+def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+                  ) -> optax.GradientTransformation:
+  """Adam's direction with PyTorch's arithmetic (docs/method.md §10.2):
+
+    m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;  t = count + 1
+    direction = (m / c1) / (sqrt(v) / sqrt(c2) + eps),  c_i = 1 - b_i^t.
+
+  optax.scale_by_adam computes the same rule, but its bias corrections 1 - b^t in float32
+  lose about 1e-5 of their value to cancellation for small t (1 - 0.999^2 has
+  its leading digits cancelled); the error biases every update the same way, and over a
+  run it sums to a trajectory measurably off the original's (whose corrections are
+  Python floats). Here c_i = -expm1(t log1p(-(1 - b_i))), accurate to float32 rounding.
+  The state is optax's ScaleByAdamState (count, mu, nu).
+  """
+  one_minus_b1, one_minus_b2 = 1.0 - b1, 1.0 - b2  # Python floats, like the original
+
+  def init(params):
+    zeros = lambda: jax.tree.map(jnp.zeros_like, params)
+    return optax.ScaleByAdamState(count=jnp.zeros((), jnp.int32), mu=zeros(), nu=zeros())
+
+  def update(updates, state, params=None):
+    del params
+    mu = jax.tree.map(lambda m, g: b1 * m + one_minus_b1 * g, state.mu, updates)
+    nu = jax.tree.map(lambda v, g: b2 * v + one_minus_b2 * (g * g), state.nu, updates)
+    count = optax.safe_int32_increment(state.count)
+    t = count.astype(jnp.float32)
+    c1 = -jnp.expm1(t * jnp.log1p(jnp.float32(-one_minus_b1)))
+    c2_sqrt = jnp.sqrt(-jnp.expm1(t * jnp.log1p(jnp.float32(-one_minus_b2))))
+    direction = jax.tree.map(lambda m, v: (m / (jnp.sqrt(v) / c2_sqrt + eps)) / c1, mu, nu)
+    return direction, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+  return optax.GradientTransformation(init, update)
+
+
+def param_labels(params: Any, frozen_encoder: bool) -> Any:
+  """'frozen' for a frozen encoder's params (params['encoder']), 'trainable' otherwise."""
   def label(path, _):
     top = getattr(path[0], 'key', None)
-    return 'frozen' if (frozen and top == 'encoder') else 'trainable'
+    return 'frozen' if (frozen_encoder and top == 'encoder') else 'trainable'
 
   return jax.tree_util.tree_map_with_path(label, params)
 
 
-def make_optimizer(config, params: Any) -> optax.GradientTransformation:
-  """Adam (eps outside the sqrt, no weight decay) after a global-norm clip over
-  the trainable params; the frozen encoder is masked out declaratively."""
+def make_optimizer(config, params: Any, frozen_encoder: bool) -> optax.GradientTransformation:
+  """Adam (PyTorch's: eps outside the sqrt, no weight decay) after the original's
+  global-norm clip over the trainable params; a frozen encoder (EncoderSpec.frozen) is
+  masked out. params: the params tree (shapes are enough)."""
   trainable = optax.chain(
-      optax.clip_by_global_norm(config.train.clip_norm),
-      optax.adam(learning_rate_schedule(config.train), b1=0.9, b2=0.999, eps=1e-8))
-  return optax.multi_transform(
-      {'trainable': trainable, 'frozen': optax.set_to_zero()},
-      param_labels(params, config))
-
-
-def create_train_state(config, params: Any, rng: jax.Array) -> TrainState:
-  """The state at step 0 for freshly initialised (or imported) params."""
-  max_slots = config.model.max_slots
-  schedule = curriculum.build_schedule(config.curriculum, max_slots, config.train.steps)
-  num_active = schedule[0][1]
-  tx = make_optimizer(config, params)
-  return TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=params,
-      opt_state=tx.init(params),
-      active_mask=jnp.arange(max_slots) < num_active,
-      stage=jnp.zeros((), jnp.int32),
-      slot_error=jnp.zeros((config.curriculum.error_window, max_slots), jnp.float32),
-      rng=rng)
+      clip_by_global_norm(config.train.clip_norm),
+      scale_by_adam(b1=0.9, b2=0.999, eps=1e-8),
+      optax.scale_by_learning_rate(learning_rate_schedule(config.train)))
+  return optax.multi_transform({'trainable': trainable, 'frozen': optax.set_to_zero()},
+                               param_labels(params, frozen_encoder))

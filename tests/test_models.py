@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
+from slotcurri_jax import train
 from slotcurri_jax.models import decoder as decoder_lib
 from slotcurri_jax.models import encoders
 from slotcurri_jax.models import predictor as predictor_lib
@@ -53,17 +54,14 @@ def test_k_active_of_n_equals_model_with_k_slots(fixtures_dir):
     data = check_fixture._Loaded(z)
   config, padded, params, x, k = check_fixture.slot_model_from_fixture(data)
   n = config.model.max_slots
-  grid = int(round(x.shape[2] ** 0.5))
   sliced_config = check_fixture.slot_model_config(check_fixture.fixture_config(data))
   sliced_config.model.max_slots = k
-  sliced = video_model.build_slot_stack(sliced_config, padded.input_dim, padded.target_dim,
-                                        padded.num_patches)
+  sliced = train.Run.from_config(sliced_config)
   sliced_params = flax.core.unfreeze(jax.tree.map(lambda a: a, params))
   sliced_params['initializer']['placeholders'] = params['initializer']['placeholders'][:k]
 
   def run(model, prm, active):
-    fn = jax.value_and_grad(check_fixture.total_loss_fn(config, model, (grid, grid)),
-                            has_aux=True)
+    fn = jax.value_and_grad(check_fixture.total_loss_fn(model), has_aux=True)
     return jax.jit(fn, static_argnums=3)(prm, x, active, 'forward')
 
   (_, (terms_n, out_n)), grads_n = run(padded, params, jnp.arange(n) < k)

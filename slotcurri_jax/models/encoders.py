@@ -1,11 +1,14 @@
-"""Frame encoders (frozen DINOv2 or the demo's small CNN) and loading their weights.
+"""Frame encoders (frozen DINOv2, the demo's small CNN, or precomputed tokens) and their weights.
 
-`config.model.encoder.kind`:
+`encoder_spec(config)` is the one place that turns `config.model.encoder.kind` into what
+the model, the optimizer and the data need (`EncoderSpec`):
   'dinov2': the frozen ViT of models/dinov2.py. Features and reconstruction target are
     the same last-block tokens (D_f = 384 / 768).
   'cnn': a small trainable CNN with one feature vector per `cnn_patch_size` patch. Its
     reconstruction target is the frame's patch pixels, [N, p*p*3] in (row, column,
     channel) order within the patch, so D_f = p*p*3.
+  'tokens': no encoder; the batch holds precomputed backbone tokens batch['features']
+    [B, T, G*G, token_dim], which are also the reconstruction target.
 
 DINOv2 weights (`load_encoder_params`): `encoder.weights`, or by default
 `~/.cache/slotcurri_jax/dinov2/<variant>.npz` (DEFAULT_WEIGHTS_DIR), in any of these forms:
@@ -16,6 +19,7 @@ Convert once with `python -m slotcurri_jax.tools.convert_dinov2 SRC DST`.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 from typing import Any, Mapping
@@ -110,37 +114,95 @@ def patchify(images: jnp.ndarray, patch_size: int) -> jnp.ndarray:
   return x.reshape(b, (h // p) * (w // p), p * p * c)
 
 
-def encoder_dims(config) -> dict:
-  """What the slot stack needs to know of the encoder: input_dim, target_dim, patch grid side."""
+@dataclasses.dataclass(frozen=True)
+class EncoderSpec:
+  """Everything the rest of the project needs to know of an encoder, decided once.
+
+  module: the flax module mapping frames [B, H, W, 3] to tokens [B, N, input_dim], or
+    None for the token-input encoder (the batch already holds the tokens).
+  input_key: the batch entry the model reads: 'video' [B, T, H, W, 3] float32 or
+    'features' [B, T, N, input_dim] (precomputed backbone tokens).
+  input_dim, target_dim: widths of the slot stack's input tokens and of its
+    reconstruction target.
+  grid: patch grid side G (N = G * G patches, row-major).
+  patch_size: pixels per patch side (0 for token input).
+  frozen: the encoder's params are not trained and no gradient flows into it.
+  target: 'features' (reconstruct the encoder's tokens) or 'patches' (the frame's
+    patch pixels, [N, p * p * 3]).
+  """
+  kind: str
+  module: nn.Module | None
+  input_key: str
+  input_dim: int
+  target_dim: int
+  grid: int
+  patch_size: int
+  frozen: bool
+  target: str
+
+  @property
+  def num_patches(self) -> int:
+    return self.grid * self.grid
+
+  def example_input(self, config) -> jnp.ndarray:
+    """A zero batch of one clip for `model.init`: [1, T, ...] of the input_key's layout."""
+    t = config.data.train_clip_len
+    if self.input_key == 'features':
+      return jnp.zeros((1, t, self.num_patches, self.input_dim), jnp.float32)
+    r = config.data.resolution
+    return jnp.zeros((1, t, r, r, 3), jnp.float32)
+
+
+def _dinov2_spec(config) -> EncoderSpec:
   ec = config.model.encoder
-  if ec.kind == 'dinov2':
-    arch = variant_architecture(ec.variant)
-    grid = check_grid((config.data.resolution, config.data.resolution), dinov2.PATCH_SIZE)
-    return dict(input_dim=arch['embed_dim'], target_dim=arch['embed_dim'], grid=grid,
-                patch_size=dinov2.PATCH_SIZE)
-  if ec.kind == 'cnn':
-    grid = check_grid((config.data.resolution, config.data.resolution), ec.cnn_patch_size)
-    return dict(input_dim=ec.cnn_features, target_dim=ec.cnn_patch_size ** 2 * 3, grid=grid,
-                patch_size=ec.cnn_patch_size)
-  raise ValueError(f"model.encoder.kind={ec.kind!r}; use 'dinov2' or 'cnn'")
+  arch = variant_architecture(ec.variant)
+  grid = check_grid((config.data.resolution, config.data.resolution), dinov2.PATCH_SIZE)
+  module = dinov2.DinoV2(arch['embed_dim'], arch['depth'], arch['num_heads'],
+                         dtype=layers.dtype_from_name(ec.dtype))
+  return EncoderSpec(kind='dinov2', module=module, input_key='video',
+                     input_dim=arch['embed_dim'], target_dim=arch['embed_dim'], grid=grid,
+                     patch_size=dinov2.PATCH_SIZE, frozen=True, target='features')
+
+
+def _cnn_spec(config) -> EncoderSpec:
+  ec = config.model.encoder
+  grid = check_grid((config.data.resolution, config.data.resolution), ec.cnn_patch_size)
+  module = CNNEncoder(ec.cnn_patch_size, ec.cnn_features, dtype=layers.dtype_from_name(ec.dtype))
+  return EncoderSpec(kind='cnn', module=module, input_key='video', input_dim=ec.cnn_features,
+                     target_dim=ec.cnn_patch_size ** 2 * 3, grid=grid,
+                     patch_size=ec.cnn_patch_size, frozen=False, target='patches')
+
+
+def _tokens_spec(config) -> EncoderSpec:
+  """Precomputed frozen-backbone tokens (batch['features']): they are both the slot
+  stack's input and its reconstruction target, as with the frozen DINOv2."""
+  ec = config.model.encoder
+  if ec.token_dim < 1 or ec.token_grid < 1:
+    raise ValueError(f'model.encoder.kind=\'tokens\' needs model.encoder.token_dim and '
+                     f'token_grid (got {ec.token_dim}, {ec.token_grid}): the width and the '
+                     'patch-grid side of the precomputed tokens')
+  return EncoderSpec(kind='tokens', module=None, input_key='features', input_dim=ec.token_dim,
+                     target_dim=ec.token_dim, grid=ec.token_grid, patch_size=0, frozen=True,
+                     target='features')
+
+
+# The encoder registry: model.encoder.kind -> spec builder. Adding an encoder family is
+# one entry here and its own module.
+ENCODERS = {'dinov2': _dinov2_spec, 'cnn': _cnn_spec, 'tokens': _tokens_spec}
+
+
+def encoder_spec(config) -> EncoderSpec:
+  """The EncoderSpec of `config.model.encoder.kind` (see ENCODERS)."""
+  kind = config.model.encoder.kind
+  if kind not in ENCODERS:
+    raise ValueError(f'model.encoder.kind={kind!r}; use one of {sorted(ENCODERS)}')
+  return ENCODERS[kind](config)
 
 
 def variant_architecture(variant: str) -> dict:
   if variant not in dinov2.VARIANTS:
     raise ValueError(f'model.encoder.variant={variant!r}; use one of {sorted(dinov2.VARIANTS)}')
   return dinov2.VARIANTS[variant]
-
-
-def build_encoder(config) -> nn.Module:
-  """The encoder module of `config.model.encoder`."""
-  ec = config.model.encoder
-  dtype = layers.dtype_from_name(ec.dtype)
-  if ec.kind == 'dinov2':
-    arch = variant_architecture(ec.variant)
-    return dinov2.DinoV2(arch['embed_dim'], arch['depth'], arch['num_heads'], dtype=dtype)
-  if ec.kind == 'cnn':
-    return CNNEncoder(ec.cnn_patch_size, ec.cnn_features, dtype=dtype)
-  raise ValueError(f"model.encoder.kind={ec.kind!r}; use 'dinov2' or 'cnn'")
 
 
 # ------------------------------------------------------------------ weights
@@ -152,16 +214,15 @@ def default_weights_path(variant: str) -> pathlib.Path:
 def load_encoder_params(config) -> Any | None:
   """Pretrained params for params['encoder'], or None when the init's random ones stand.
 
-  None for the CNN (trained from scratch) and for DINOv2 with encoder.random_init=True
+  None for token input, for the CNN (trained from scratch) and for DINOv2 with encoder.random_init=True
   (tests and benchmarks only). Otherwise the DINOv2 weights must be found: a missing
   file is fetched with huggingface_hub when that is installed and online, else a
   FileNotFoundError says where to put which file. Never silently random.
   """
   ec = config.model.encoder
-  if ec.kind == 'cnn':
+  spec = encoder_spec(config)
+  if spec.module is None or not spec.frozen:  # token input, or trained from scratch
     return None
-  if ec.kind != 'dinov2':
-    raise ValueError(f"model.encoder.kind={ec.kind!r}; use 'dinov2' or 'cnn'")
   arch = variant_architecture(ec.variant)
   if ec.random_init:
     return None

@@ -41,7 +41,7 @@ def scaled_normal_init(dim: int) -> nn.initializers.Initializer:
 
 def layer_norm(name: str | None = None) -> nn.LayerNorm:
   """A LayerNorm with PyTorch's eps; statistics in float32 whatever the compute dtype."""
-  return nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32, name=name)
+  return nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32, use_fast_variance=False, name=name)
 
 
 def torch_dense(features: int, fan_in: int, *, use_bias: bool = True, zero_bias: bool = False,

@@ -118,23 +118,30 @@ class VideoSlotModel(nn.Module):
                                           self.decoder_remat,
                                           dtype=self.dtype)
 
-  def __call__(self, video: jax.Array, active_mask: jax.Array, rollout: str = 'forward',
+  def __call__(self, inputs: jax.Array, active_mask: jax.Array, rollout: str = 'forward',
                num_frames: jax.Array | None = None,
                initial_state: jax.Array | None = None,
                num_slots: int | None = None) -> dict[str, jax.Array]:
-    """video: [B, T, H, W, 3] float32, ImageNet-normalised; see `process` for the rest."""
-    features_in, targets = self.encode(video)
+    """inputs: the batch entry of the encoder's `input_key`: video [B, T, H, W, 3]
+    float32, ImageNet-normalised, or (no encoder) tokens [B, T, N, D_in]. See `process`
+    for the rest."""
+    features_in, targets = self.encode(inputs)
     return self.process(features_in, targets, active_mask, rollout, num_frames, initial_state,
                         num_slots)
 
   def encode(self, video: jax.Array) -> tuple[jax.Array, jax.Array]:
     """video: [B, T, H, W, 3] -> (features_in [B, T, N, D_in], targets [B, T, N, D_f]).
 
-    The targets are stop-gradient; so are the features when the encoder is frozen, so
-    no backward pass runs through DINOv2.
+    Without an encoder, `video` is already the tokens [B, T, N, D_in]: they are the
+    features and the target. The targets are stop-gradient; so are the features when
+    the encoder is frozen, so no backward pass runs through DINOv2.
     """
     if self.encoder is None:
-      raise ValueError('this VideoSlotModel has no encoder; call process() with features')
+      if video.ndim != 4 or video.shape[2:] != (self.num_patches, self.input_dim):
+        raise ValueError(f'token input must be [B, T, N={self.num_patches}, '
+                         f'D={self.input_dim}], got {video.shape}')
+      tokens = jax.lax.stop_gradient(video.astype(jnp.float32))
+      return tokens, tokens
     if video.ndim != 5 or video.shape[-1] != 3:
       raise ValueError(f'video must be [B, T, H, W, 3], got {video.shape}')
     encoders.check_grid(video.shape[2:], self.patch_size)
@@ -294,16 +301,14 @@ def _slot_stack_kwargs(config) -> dict:
       dtype=layers.dtype_from_name(mc.compute_dtype))
 
 
-def build_model(config) -> VideoSlotModel:
-  """The model of `config.model` for frames of side `config.data.resolution`."""
-  dims = encoders.encoder_dims(config)
-  kind = config.model.encoder.kind
-  hidden = config.model.feature_mlp_hidden or 2 * dims['input_dim']
+def build_model(config, spec: encoders.EncoderSpec | None = None) -> VideoSlotModel:
+  """The model of `config.model` with the encoder of `encoders.encoder_spec(config)`."""
+  spec = spec or encoders.encoder_spec(config)
+  hidden = config.model.feature_mlp_hidden or 2 * spec.input_dim
   return VideoSlotModel(
-      encoder=encoders.build_encoder(config), input_dim=dims['input_dim'],
-      target_dim=dims['target_dim'], num_patches=dims['grid'] ** 2,
-      target='features' if kind == 'dinov2' else 'patches', patch_size=dims['patch_size'],
-      freeze_encoder=kind == 'dinov2', feature_mlp_hidden=hidden, **_slot_stack_kwargs(config))
+      encoder=spec.module, input_dim=spec.input_dim, target_dim=spec.target_dim,
+      num_patches=spec.num_patches, target=spec.target, patch_size=spec.patch_size,
+      freeze_encoder=spec.frozen, feature_mlp_hidden=hidden, **_slot_stack_kwargs(config))
 
 
 def build_slot_stack(config, input_dim: int, target_dim: int, num_patches: int) -> VideoSlotModel:
@@ -313,3 +318,20 @@ def build_slot_stack(config, input_dim: int, target_dim: int, num_patches: int) 
   return VideoSlotModel(encoder=None, input_dim=input_dim, target_dim=target_dim,
                         num_patches=num_patches, feature_mlp_hidden=hidden,
                         **_slot_stack_kwargs(config))
+
+
+# --------------------------------------------------------------------------- placeholders
+
+PLACEHOLDERS = ('initializer', 'placeholders')  # where the model keeps P [max_slots, D_s]
+
+
+def get_placeholders(params) -> jax.Array:
+  """The slot placeholders P [max_slots, D_s] of a params tree."""
+  return params[PLACEHOLDERS[0]][PLACEHOLDERS[1]]
+
+
+def set_placeholders(params, placeholders: jax.Array):
+  """A copy of `params` (a dict tree) with P [max_slots, D_s] replaced."""
+  params = dict(params)
+  params[PLACEHOLDERS[0]] = dict(params[PLACEHOLDERS[0]], **{PLACEHOLDERS[1]: placeholders})
+  return params

@@ -1,13 +1,18 @@
 r"""Check our implementation against golden reference fixtures.
 
-  python -m slotcurri_jax.tools.check_fixture ../shared/fixtures/reference/*.npz
+  python -m slotcurri_jax.tools.check_fixture [FILE.npz ...]
 
-For each file: detect its kind (slot_model, dinov2_vit, spawn, ssync, metrics), rebuild
-what it tests from the file's own `config` (never from fixed sizes), run it, and print
-one JSON line per output:
-  {"file", "kind", "output", "max_abs_err", "rel_l2_err", "tol", "ok"}
-The exit status is 1 when any output exceeds its tolerance (the fixture README's
-table; exact equality for labels, masks and indices), else 0.
+Without arguments every file under the repository's fixtures/ (or $SLOTCURRI_FIXTURES)
+is checked. For each file: detect its kind (slot_model, dinov2_vit, spawn, ssync,
+metrics, and the whole-run slotcurri_trajectory / ssync_trajectory), rebuild what it
+tests from the file's own `config` (never from fixed sizes), run it, and print one JSON
+line per output:
+  {"file", "kind", "output", ..., "ok"}
+Single-step kinds give max_abs_err, rel_l2_err and tol; trajectories are replayed
+through the train step that trains (tools/trajectory.py) and give, per quantity, the
+worst step with its error and tolerance. The exit status is 1 when any output exceeds
+its tolerance (fixtures/README.md; exact equality for labels, masks and indices), 2 when
+a file cannot be checked (one line on stderr names the file and the problem), else 0.
 """
 from __future__ import annotations
 
@@ -22,12 +27,13 @@ import numpy as np
 
 from slotcurri_jax import config as config_lib
 from slotcurri_jax import curriculum
-from slotcurri_jax import losses
+from slotcurri_jax import fixtures
 from slotcurri_jax import metrics
 from slotcurri_jax import ssync
+from slotcurri_jax import train
 from slotcurri_jax.models import dinov2
-from slotcurri_jax.models import video_model
 from slotcurri_jax.tools import import_reference
+from slotcurri_jax.tools import trajectory
 
 # Tolerances of the fixture README ("Tolerances to expect").
 TOL_FORWARD = dict(atol=1e-5, rtol=1e-4)
@@ -72,6 +78,12 @@ def slot_model_config(cfg: dict):
   """Our config for slot_model.npz's slot stack (sizes from the fixture's config)."""
   c = config_lib.default_config()
   sizes = cfg['sizes']
+  c.model.encoder.kind = 'tokens'  # the fixture's tokens are the backbone's output
+  c.model.encoder.token_dim = sizes['D_f']
+  grid = int(round(sizes['N_patch'] ** 0.5))
+  if grid * grid != sizes['N_patch']:
+    raise trajectory.FixtureError(f'N_patch={sizes["N_patch"]} is not a square patch grid')
+  c.model.encoder.token_grid = grid
   c.model.slot_dim = sizes['D_s']
   c.model.max_slots = sizes['N_slots_total']
   c.model.feature_mlp_hidden = cfg['feature_mlp']['hidden']
@@ -95,31 +107,28 @@ def slot_model_config(cfg: dict):
 
 
 def slot_model_from_fixture(data):
-  """(config, model, params, X, K) of a slot_model fixture."""
+  """(config, run, params, X, K) of a slot_model fixture: the run's model takes the
+  fixture's tokens through the 'tokens' encoder, and its objective is the one that trains."""
   cfg = fixture_config(data)
   config = slot_model_config(cfg)
   sizes = cfg['sizes']
   state_dict = {k[len('param/'):]: data[k] for k in data.files if k.startswith('param/')}
   params = import_reference.state_dict_to_params(state_dict, config)
-  model = video_model.build_slot_stack(config, sizes['D_f'], sizes['D_f'], sizes['N_patch'])
-  return config, model, params, jnp.asarray(data['in/X']), sizes['K_active_train']
+  x = jnp.asarray(data['in/X'])
+  if x.shape[2:] != (sizes['N_patch'], sizes['D_f']):
+    raise trajectory.FixtureError(f'in/X has shape {x.shape}, but the sizes in config give '
+                                  f'[B, T, {sizes["N_patch"]}, {sizes["D_f"]}]')
+  return config, train.Run.from_config(config), params, x, sizes['K_active_train']
 
 
-def total_loss_fn(config, model, grid_hw: tuple[int, int]) -> Callable:
-  """loss(params, X, active, rollout) -> (total, (terms, outputs)) of SPEC §6.4 (SlotCurri)."""
-  lc = config.loss
+def total_loss_fn(run: train.Run) -> Callable:
+  """loss(params, tokens, active, rollout) -> (total, (terms, outputs)): the run's model
+  on tokens [B, T, N, D_f] and the run's objective (train.make_train_step's)."""
 
   def loss(params, x, active, rollout):
-    out = model.apply({'params': params}, x, x, active, rollout, method=model.process)
-    terms = {
-        'loss_mse': losses.feature_mse(out['recon'], out['targets']),
-        'loss_ss': losses.slot_contrast(out['slots'], active, lc.ss_temperature,
-                                        group_size=x.shape[0]),
-        'loss_ssim': losses.ssim3d(out['recon'], out['targets'], grid_hw),
-    }
-    total = (lc.mse_weight * terms['loss_mse'] + lc.ss_weight * terms['loss_ss']
-             + lc.ssim_weight * terms['loss_ssim'])
-    return total, (dict(terms, loss_total=total), out)
+    out = run.model.apply({'params': params}, x, active, rollout)
+    total, terms, _ = run.objective(out, active, 0)
+    return total, (terms, out)
 
   return loss
 
@@ -127,11 +136,10 @@ def total_loss_fn(config, model, grid_hw: tuple[int, int]) -> Callable:
 def slot_model_outputs(data) -> dict[str, np.ndarray]:
   """Our values for every checked key of a slot_model fixture, under the fixture's names
   ('fwd/slots' ... with per-slot outputs sliced to the active rows, 'grad/<key>', ...)."""
-  config, model, params, x, k = slot_model_from_fixture(data)
+  config, run, params, x, k = slot_model_from_fixture(data)
   max_slots = config.model.max_slots
-  grid = int(round(x.shape[2] ** 0.5))
-  value_and_grad = jax.jit(jax.value_and_grad(total_loss_fn(config, model, (grid, grid)),
-                                              has_aux=True), static_argnums=3)
+  value_and_grad = jax.jit(jax.value_and_grad(total_loss_fn(run), has_aux=True),
+                           static_argnums=3)
   ours = {}
   for prefix, rollout, all_slots in ROLLOUTS:
     n_active = max_slots if all_slots else k
@@ -304,6 +312,8 @@ CHECKS: dict[str, Callable[[pathlib.Path, Any], Iterator[dict]]] = {
     'spawn': check_spawn,
     'ssync': check_ssync,
     'metrics': check_metrics,
+    'slotcurri_trajectory': trajectory.check_trajectory,
+    'ssync_trajectory': trajectory.check_trajectory,
 }
 
 
@@ -314,20 +324,42 @@ def detect_kind(data) -> str:
     if kind in CHECKS:
       return kind
   files = set(data.files)
-  by_key = (('slot_model', 'param/initializer.slots'), ('dinov2_vit', 'out/tokens'),
+  by_key = (('slotcurri_trajectory', 'spawn1/directions_unit'),
+            ('ssync_trajectory', 'out/step/ssync_on'),
+            ('slot_model', 'param/initializer.slots'), ('dinov2_vit', 'out/tokens'),
             ('spawn', 'stage1/in/P'), ('ssync', 'in/zA'), ('metrics', 'movi/out/ari'))
   for kind, key in by_key:
     if key in files:
       return kind
-  raise ValueError(f'cannot tell the fixture kind of keys {sorted(files)[:8]}...')
+  raise trajectory.FixtureError(
+      f'unknown fixture kind (config "fixture" is not one of {sorted(CHECKS)}, and no '
+      f'characteristic key among {sorted(files)[:6]}...)')
 
 
 def check_file(path: str | pathlib.Path) -> list[dict]:
+  """Every record of one fixture file. Raises FixtureError (one line) when it cannot
+  be checked: not an .npz, unknown kind, a missing key, shapes or sizes that do not fit."""
   path = pathlib.Path(path)
-  with np.load(path, allow_pickle=False) as z:
-    data = _Loaded(z)
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      data = _Loaded(z)
+  except (OSError, ValueError) as e:
+    raise trajectory.FixtureError(f'not a readable .npz archive ({e})') from None
   kind = detect_kind(data)
-  return [dict(file=str(path), kind=kind, **record) for record in CHECKS[kind](path, data)]
+  try:
+    return [dict(file=str(path), kind=kind, **record) for record in CHECKS[kind](path, data)]
+  except trajectory.FixtureError:
+    raise
+  except KeyError as e:
+    raise trajectory.FixtureError(f'{kind} fixture without the key {e}') from None
+  except (ValueError, TypeError) as e:  # shapes or sizes our model cannot take
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise trajectory.FixtureError(f'{kind} fixture that our code cannot take: {first}') from None
+
+
+def all_fixture_files() -> list[pathlib.Path]:
+  """Every .npz under the fixtures folders (fixtures/reference, fixtures/trajectory)."""
+  return sorted(p for kind in fixtures.KINDS for p in fixtures.fixtures_dir(kind).glob('*.npz'))
 
 
 class _Loaded:
@@ -343,15 +375,26 @@ class _Loaded:
 
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
-  if not argv:
+  if argv and argv[0] in ('-h', '--help'):
     print(__doc__)
+    return 0
+  try:
+    paths = argv or all_fixture_files()
+  except FileNotFoundError as e:
+    print(f'check_fixture: {e}', file=sys.stderr)
     return 2
-  failed = False
-  for path in argv:
-    for record in check_file(path):
+  failed, broken = False, False
+  for path in paths:
+    try:
+      records = check_file(path)
+    except trajectory.FixtureError as e:
+      print(f'check_fixture: {path}: {e}', file=sys.stderr)
+      broken = True
+      continue
+    for record in records:
       print(json.dumps(record), flush=True)
       failed |= record['ok'] is False
-  return 1 if failed else 0
+  return 2 if broken else (1 if failed else 0)
 
 
 if __name__ == '__main__':
