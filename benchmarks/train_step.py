@@ -22,8 +22,8 @@ Every training configuration runs in float32 and bfloat16 (--dtypes): config.mod
 and losses stay float32 in the model.
 
 Each (configuration, dtype) runs in a fresh subprocess, so its peak RSS is its own. The
-step is the project's train.jit_train_step (the slot-stack-only model is a VideoSlotModel
-whose `video` argument carries the tokens; see SlotStackOnFeatures). Measured:
+step is the project's train.jit_train_step (movi_c_slots: the 'tokens' encoder, the slot stack
+fed precomputed backbone tokens in batch['features']). Measured:
   * compile time of step.lower(...).compile() (no persistent cache);
   * s/step: median over --steps steps after --warmup steps, each ended by
     jax.block_until_ready; clips/s = batch / (s/step);
@@ -48,7 +48,6 @@ The GPU path (device detection, memory_stats, bf16 peak table) has not been run 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import pathlib
@@ -100,46 +99,24 @@ def build_config(name: str, dtype: str, batch: int, remat: bool = False):
   c.model.compute_dtype = dtype
   c.model.encoder.dtype = dtype
   c.model.decoder.remat = remat
+  if name == 'movi_c_slots':  # the frozen ViT-S/14's tokens at 336 px, precomputed
+    c.model.encoder.kind = 'tokens'
+    c.model.encoder.token_dim = 384
+    c.model.encoder.token_grid = c.data.resolution // 14
   return c
 
 
-def _slot_stack_class():
-  import jax.numpy as jnp
-  from slotcurri_jax.models import video_model
+def build_run(name: str, config):
+  """(train.Run, input shape [B, T, ...] of one training batch of `config`).
 
-  class SlotStackOnFeatures(video_model.VideoSlotModel):
-    """The slot stack fed with precomputed backbone tokens through `video`, so that
-    train.make_train_step and evaluate.make_eval_step run it unchanged.
-
-    video: [B, T, N, D_in] tokens, also the reconstruction target (as with the frozen
-    DINOv2). A [B, T, H, W, 3] frame batch (the dummy input train.py initialises with)
-    stands for zero tokens of the right shape.
-    """
-
-    def __call__(self, video, active_mask, rollout='forward', num_frames=None,
-                 initial_state=None, num_slots=None):
-      if video.ndim == 5:
-        video = jnp.zeros(video.shape[:2] + (self.num_patches, self.input_dim), jnp.float32)
-      return self.process(video, video, active_mask, rollout, num_frames, initial_state,
-                          num_slots)
-
-  return SlotStackOnFeatures
-
-
-def build_model(name: str, config):
-  """(model, input shape [B, T, ...] for one training clip batch of `config`)."""
-  from slotcurri_jax.models import encoders
-  from slotcurri_jax.models import video_model
+  movi_c_slots feeds the slot stack precomputed backbone tokens through the 'tokens'
+  encoder (batch['features'] [B, T, 576, 384], as DINOv2 ViT-S/14 gives at 336 px)."""
+  from slotcurri_jax import train
   b, t, r = config.data.batch_size, config.data.train_clip_len, config.data.resolution
-  if name == 'movi_c_slots':
-    dims = encoders.encoder_dims(config)
-    base = video_model.build_slot_stack(config, dims['input_dim'], dims['target_dim'],
-                                        dims['grid'] ** 2)
-    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)
-              if f.init and f.name not in ('parent', 'name')}
-    model = _slot_stack_class()(**fields)
-    return model, (b, t, dims['grid'] ** 2, dims['input_dim'])
-  return video_model.build_model(config), (b, t, r, r, 3)
+  run = train.Run.from_config(config)
+  if run.spec.input_key == 'features':
+    return run, (b, t, run.spec.num_patches, run.spec.input_dim)
+  return run, (b, t, r, r, 3)
 
 
 # --------------------------------------------------------------------------- FLOPs
@@ -300,12 +277,12 @@ def measure_train(name: str, dtype: str, batch: int, steps: int, warmup: int,
 
   rss_base = _peak_rss_bytes()
   config = build_config(name, dtype, batch, remat)
-  model, shape = build_model(name, config)
+  run, shape = build_run(name, config)
   mesh = parallel.create_mesh(devices=jax.devices()[:1])
-  state, shardings = train.create_state(config, model, mesh, jax.random.PRNGKey(0))
-  step = train.jit_train_step(config, model, mesh, shardings, num_slots=num_slots)
+  state, shardings = train.create_state(run, mesh, jax.random.PRNGKey(0))
+  step = train.jit_train_step(run, mesh, shardings, num_slots=num_slots)
   data = parallel.host_to_global(
-      {'video': np.random.default_rng(0).normal(size=shape).astype(np.float32)}, mesh)
+      {run.spec.input_key: np.random.default_rng(0).normal(size=shape).astype(np.float32)}, mesh)
 
   start = time.perf_counter()
   compiled = step.lower(state, data).compile()
@@ -314,7 +291,7 @@ def measure_train(name: str, dtype: str, batch: int, steps: int, warmup: int,
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   memory = compiled.memory_analysis()
   flops, saw_while = matmul_flops(
-      jax.make_jaxpr(train.make_train_step(config, model, num_slots))(state, data).jaxpr)
+      jax.make_jaxpr(train.make_train_step(run, num_slots))(state, data).jaxpr)
 
   peak_rss_after_compile = _peak_rss_bytes()
   reset = _reset_peak_rss()
@@ -358,10 +335,11 @@ def measure_eval(name: str, dtype: str, batch: int, steps: int, warmup: int,
 
   base = name[:-len('_eval')]
   config = build_config(base, dtype, batch)
-  model, shape = build_model(base, config)
+  run, shape = build_run(base, config)
+  model = run.model
   shape = (batch, frames) + tuple(shape[2:])
   mesh = parallel.create_mesh(devices=jax.devices()[:1])
-  state, _ = train.create_state(config, model, mesh, jax.random.PRNGKey(0))
+  state, _ = train.create_state(run, mesh, jax.random.PRNGKey(0))
   video = jnp.asarray(np.random.default_rng(0).normal(size=shape).astype(np.float32))
   active = jnp.ones((config.model.max_slots,), bool)
   num_frames = jnp.full((batch,), frames, jnp.int32)

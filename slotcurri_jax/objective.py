@@ -19,7 +19,6 @@ import dataclasses
 import math
 
 import jax
-import jax.numpy as jnp
 
 from slotcurri_jax import losses
 from slotcurri_jax import ssync

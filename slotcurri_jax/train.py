@@ -82,7 +82,7 @@ def create_state(run: Run, mesh, rng: jax.Array, params: Any = None) -> tuple[Tr
     p = run.model.init(params_rng, run.spec.example_input(config), active)['params']
     return scale_init(p, config.model.init_gains)
 
-  tx = train_state_lib.make_optimizer(config, jax.eval_shape(init_params), run.spec.frozen)
+  tx = train_state_lib.make_optimizer(config, run.spec.frozen)
 
   def init():
     p = init_params()

@@ -9,6 +9,9 @@ training stream is a deterministic function of (seed, step), data/pipeline.py).
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+import types
 from typing import Any, NamedTuple
 
 import flax
@@ -26,14 +29,15 @@ class TrainState:
   slot_error: [error_window, max_slots] float32, the curriculum's slot-wise error record
     of the last updates (ring buffer indexed by step % error_window).
   rng: a raw PRNG key (spawn directions are drawn from fold_in(rng, step)).
-  tx: the optimizer (static: not a pytree leaf, not checkpointed).
+  tx: the run's `Optimizer` (static: not a pytree leaf, not checkpointed; a value, so
+    states created apart, e.g. a restore target on another mesh, have equal trees).
   """
   step: jax.Array
   params: Any
   opt_state: Any
   slot_error: jax.Array
   rng: jax.Array
-  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False, default=None)
+  tx: 'Optimizer' = flax.struct.field(pytree_node=False, default=None)
 
 
 def learning_rate_schedule(train_config) -> optax.Schedule:
@@ -120,13 +124,37 @@ def param_labels(params: Any, frozen_encoder: bool) -> Any:
   return jax.tree_util.tree_map_with_path(label, params)
 
 
-def make_optimizer(config, params: Any, frozen_encoder: bool) -> optax.GradientTransformation:
-  """Adam (PyTorch's: eps outside the sqrt, no weight decay) after the original's
-  global-norm clip over the trainable params; a frozen encoder (EncoderSpec.frozen) is
-  masked out. params: the params tree (shapes are enough)."""
-  trainable = optax.chain(
-      clip_by_global_norm(config.train.clip_norm),
-      scale_by_adam(b1=0.9, b2=0.999, eps=1e-8),
-      optax.scale_by_learning_rate(learning_rate_schedule(config.train)))
-  return optax.multi_transform({'trainable': trainable, 'frozen': optax.set_to_zero()},
-                               param_labels(params, frozen_encoder))
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+  """The run's optimizer, as a value built once from the config: the original's clip by
+  global norm over the trainable params, then Adam (PyTorch's arithmetic, no weight
+  decay) with the warm-up + exponential-decay learning rate; a frozen encoder
+  (EncoderSpec.frozen) is masked out. Equal settings give equal Optimizers.
+  `init` and `update` are optax's."""
+  train: tuple  # (key, value) pairs of config.train that the schedule and clip read
+  frozen_encoder: bool
+
+  @classmethod
+  def from_config(cls, config, frozen_encoder: bool) -> 'Optimizer':
+    keys = ('learning_rate', 'warmup_steps', 'steps', 'decay_end_factor', 'clip_norm')
+    return cls(tuple((k, config.train[k]) for k in keys), bool(frozen_encoder))
+
+  @functools.cached_property
+  def tx(self) -> optax.GradientTransformation:
+    train = types.SimpleNamespace(**dict(self.train))
+    trainable = optax.chain(
+        clip_by_global_norm(train.clip_norm),
+        scale_by_adam(b1=0.9, b2=0.999, eps=1e-8),
+        optax.scale_by_learning_rate(learning_rate_schedule(train)))
+    return optax.multi_transform({'trainable': trainable, 'frozen': optax.set_to_zero()},
+                                 lambda params: param_labels(params, self.frozen_encoder))
+
+  def init(self, params):
+    return self.tx.init(params)
+
+  def update(self, grads, state, params=None):
+    return self.tx.update(grads, state, params)
+
+
+def make_optimizer(config, frozen_encoder: bool) -> Optimizer:
+  return Optimizer.from_config(config, frozen_encoder)

@@ -94,7 +94,6 @@ def main(argv) -> None:
   from slotcurri_jax import checkpoint as checkpoint_lib
   from slotcurri_jax import parallel
   from slotcurri_jax import train
-  from slotcurri_jax.models import video_model
 
   config = worker_config()  # imports conftest, which sets the tests' persistent cache
 
@@ -104,9 +103,9 @@ def main(argv) -> None:
     raise RuntimeError(f'{count} processes with {len(jax.local_devices())} devices each, '
                        f'expected {args.num_processes} with {args.local_devices}')
   mesh = parallel.mesh_from_config(config)
-  model = video_model.build_model(config)
-  state, shardings = train.create_state(config, model, mesh, jax.random.PRNGKey(config.seed))
-  step_fn = train.jit_train_step(config, model, mesh, shardings)
+  run = train.Run.from_config(config)
+  state, shardings = train.create_state(run, mesh, jax.random.PRNGKey(config.seed))
+  step_fn = train.jit_train_step(run, mesh, shardings)
   _log('state created')
 
   rows = config.data.batch_size // count

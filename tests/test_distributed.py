@@ -22,8 +22,6 @@ import _distributed_worker as worker
 from slotcurri_jax import checkpoint as checkpoint_lib
 from slotcurri_jax import parallel
 from slotcurri_jax import train
-from slotcurri_jax import train_state as train_state_lib
-from slotcurri_jax.models import video_model
 
 TESTS = pathlib.Path(__file__).resolve().parent
 STEPS = 3
@@ -49,15 +47,8 @@ def _host_history(metrics_list):
 
 def _abstract_state(config, mesh):
   """Restore target on `mesh` from shapes alone (nothing compiled, nothing allocated)."""
-  model = video_model.build_model(config)
-  t, r = config.data.train_clip_len, config.data.resolution
-
-  def init():
-    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, t, r, r, 3)),
-                        jnp.ones((config.model.max_slots,), bool))['params']
-    return train_state_lib.create_train_state(config, params, jax.random.PRNGKey(0))
-
-  shapes = jax.eval_shape(init)
+  run = train.Run.from_config(config)
+  shapes = jax.eval_shape(lambda: train.create_state(run, mesh, jax.random.PRNGKey(0))[0])
   shardings = train.state_shardings(shapes, config, mesh)
   return checkpoint_lib.abstract_like(jax.tree.map(
       lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings))
@@ -74,10 +65,10 @@ def reference(batches):
   restored checkpoints without compiling again."""
   config = worker.worker_config()
   mesh = parallel.create_mesh(devices=jax.devices()[:1])
-  model = video_model.build_model(config)
-  state, shardings = train.create_state(config, model, mesh, jax.random.PRNGKey(config.seed))
+  run = train.Run.from_config(config)
+  state, shardings = train.create_state(run, mesh, jax.random.PRNGKey(config.seed))
   abstract = checkpoint_lib.abstract_like(state)
-  step_fn = train.jit_train_step(config, model, mesh, shardings)
+  step_fn = train.jit_train_step(run, mesh, shardings)
   metrics, params_after = [], None
   for i, batch in enumerate(batches):
     state, m = step_fn(state, parallel.host_to_global(batch, mesh))
@@ -95,9 +86,9 @@ def fsdp_run(batches, tmp_path_factory):
   config.mesh.fsdp = 4
   config.mesh.param_rules = FSDP_RULES
   mesh = parallel.mesh_from_config(config)
-  model = video_model.build_model(config)
-  state, shardings = train.create_state(config, model, mesh, jax.random.PRNGKey(config.seed))
-  step_fn = train.jit_train_step(config, model, mesh, shardings)
+  run = train.Run.from_config(config)
+  state, shardings = train.create_state(run, mesh, jax.random.PRNGKey(config.seed))
+  step_fn = train.jit_train_step(run, mesh, shardings)
   metrics = []
   for batch in batches[:STEPS]:
     state, m = step_fn(state, parallel.host_to_global(batch, mesh))

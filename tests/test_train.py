@@ -48,13 +48,13 @@ def test_frozen_encoder_is_masked_out_of_the_optimizer():
   params = {'encoder': {'w': jnp.ones(3)}, 'decoder': {'w': jnp.ones(3)}}
   labels = train_state_lib.param_labels(params, frozen_encoder=True)
   assert labels == {'encoder': {'w': 'frozen'}, 'decoder': {'w': 'trainable'}}
-  tx = train_state_lib.make_optimizer(config, params, frozen_encoder=True)
+  tx = train_state_lib.make_optimizer(config, frozen_encoder=True)
   grads = {'encoder': {'w': jnp.full(3, 100.0)}, 'decoder': {'w': jnp.full(3, 0.1)}}
   updates, _ = tx.update(grads, tx.init(params), params)
   assert np.all(np.asarray(updates['encoder']['w']) == 0.0)
   # Adam's first step is -lr * sign(g) for the trainable part.
   np.testing.assert_allclose(updates['decoder']['w'], -config.train.learning_rate, rtol=1e-4)
-  trained = train_state_lib.make_optimizer(config, params, frozen_encoder=False)  # the CNN
+  trained = train_state_lib.make_optimizer(config, frozen_encoder=False)  # the CNN
   updates, _ = trained.update(grads, trained.init(params), params)
   assert np.all(np.asarray(updates['encoder']['w']) != 0.0)
 
