@@ -15,7 +15,7 @@ Configurations (--configs, comma separated):
   movi_c_full        configs/movi_c.py with a random-init ViT-S/14 at 336 px (frozen
                      forward inside the step); batch 8.
   demo_eval, movi_c_slots_eval
-                     evaluate.make_eval_step at 24 frames, forward against cyclic rollout
+                     the evaluation Predictor at 24 frames, forward against cyclic rollout
                      (cyclic = forward + a backward pass over frames T-2..0).
 Every training configuration runs in float32 and bfloat16 (--dtypes): config.model.compute_dtype
 (trainable Linears) and config.model.encoder.dtype (backbone); LayerNorm statistics, softmaxes
@@ -336,7 +336,6 @@ def measure_eval(name: str, dtype: str, batch: int, steps: int, warmup: int,
   base = name[:-len('_eval')]
   config = build_config(base, dtype, batch)
   run, shape = build_run(base, config)
-  model = run.model
   shape = (batch, frames) + tuple(shape[2:])
   mesh = parallel.create_mesh(devices=jax.devices()[:1])
   state, _ = train.create_state(run, mesh, jax.random.PRNGKey(0))
@@ -347,11 +346,11 @@ def measure_eval(name: str, dtype: str, batch: int, steps: int, warmup: int,
             'input_shape': list(shape)}
   for rollout in ('forward', 'cyclic'):
     config.eval.rollout = rollout
-    step = jax.jit(evaluate.make_eval_step(config, model))
+    predictor = evaluate.make_predictor(config, run)
     start = time.perf_counter()
-    compiled = step.lower(state.params, video, active, num_frames).compile()
+    compiled = jax.jit(predictor.predict).lower(state.params, video, active, num_frames).compile()
     compile_s = time.perf_counter() - start
-    flops, _ = matmul_flops(jax.make_jaxpr(evaluate.make_eval_step(config, model))(
+    flops, _ = matmul_flops(jax.make_jaxpr(predictor.predict)(
         state.params, video, active, num_frames).jaxpr)
     times = []
     for i in range(warmup + steps):

@@ -9,7 +9,6 @@ of different lengths) never count.
 from __future__ import annotations
 
 import json
-import math
 from typing import Any, Iterator
 
 from absl import logging
@@ -21,26 +20,15 @@ from etils import epath
 from slotcurri_jax import metrics as metrics_lib
 from slotcurri_jax import curriculum as curriculum_lib
 from slotcurri_jax import parallel
+from slotcurri_jax import predict as predict_lib
 from slotcurri_jax.data import movi
 from slotcurri_jax.data import pipeline
 
-def make_eval_step(config, model):
-  """eval_step(params, video, active_mask, num_frames) -> dict of
-  pred_ids [B, T, R, R] int32, masks [B, T, K, N] (soft decoder masks at patch
-  resolution) and error [B, T, h, w] (per-patch reconstruction error)."""
-  resolution = config.data.resolution
-  rollout = config.eval.rollout
-
-  def eval_step(params, video, active_mask, num_frames):
-    out = model.apply({'params': params}, video, active_mask, rollout=rollout,
-                      num_frames=num_frames)
-    b, t, _, n = out['dec_masks'].shape
-    grid = int(round(math.sqrt(n)))
-    pred_ids = metrics_lib.masks_to_ids(out['dec_masks'], active_mask, (resolution, resolution))
-    error = jnp.mean(jnp.square(out['recon'] - out['targets']), axis=-1)
-    return {'pred_ids': pred_ids, 'masks': out['dec_masks'], 'error': error.reshape(b, t, grid, grid)}
-
-  return eval_step
+def make_predictor(config, run, mesh=None) -> predict_lib.Predictor:
+  """The run's Predictor with the configured evaluation rollout and resolution (built
+  once per run: every periodic evaluation reuses its compiled rollout)."""
+  return predict_lib.Predictor(run.model, rollout=config.eval.rollout,
+                               resolution=config.data.resolution, mesh=mesh)
 
 
 def eval_active_mask(config, state) -> jax.Array:
@@ -50,13 +38,13 @@ def eval_active_mask(config, state) -> jax.Array:
   return curriculum_lib.Curriculum.from_config(config).active_mask(state.step)
 
 
-def evaluate(config, model, state, mesh, *, workdir: str, writer=None, max_batches: int = -1,
-             batches: Iterator[dict] | None = None) -> dict:
-  """Evaluate `state.params` on the validation split; write JSON (+ figures) under workdir/eval."""
+def evaluate(config, predictor: predict_lib.Predictor, state, mesh, *, workdir: str,
+             writer=None, max_batches: int = -1, batches: Iterator[dict] | None = None) -> dict:
+  """Evaluate `state.params` on the validation split; write JSON (+ figures) under workdir/eval.
+
+  predictor: `make_predictor(config, run, mesh)`, built once per run."""
   step = int(jax.device_get(state.step))
   active = eval_active_mask(config, state)
-  eval_step = jax.jit(make_eval_step(config, model),
-                      out_shardings=parallel.replicated(mesh))
   if batches is None:
     batches = pipeline.eval_iterator(config)
   scores: dict[str, list[float]] = {}
@@ -66,14 +54,14 @@ def evaluate(config, model, state, mesh, *, workdir: str, writer=None, max_batch
     if 0 <= max_batches <= i:
       break
     batch = parallel.host_to_global(host_batch, mesh)
-    out = eval_step(state.params, batch['video'], active, batch['num_frames'])
+    out = predictor(state.params, batch['video'], active, batch['num_frames'])
     out = jax.device_get(out)
     full = parallel.global_to_host(batch) if jax.process_count() > 1 else host_batch
     for b in range(full['video'].shape[0]):
       if not full['padding_mask'][b]:
         continue
       t = int(full['num_frames'][b])
-      pred = out['pred_ids'][b:b + 1, :t]
+      pred = out['ids'][b:b + 1, :t]
       true = full['segmentations'][b:b + 1, :t]
       _add_video_scores(scores, pred, true, config)
       num_videos += 1
@@ -117,10 +105,12 @@ def _denormalise(video: np.ndarray) -> np.ndarray:
 
 
 def _clip_figure(video, pred, true, masks, error) -> np.ndarray:
+  """video [T, R, R, 3] normalised; pred, true [T, R, R] ids; masks [T, K, G, G];
+  error [T, G, G]."""
   from slotcurri_jax import visualize
   frames = _denormalise(np.asarray(video))
   res = frames.shape[1:3]
-  masks_up = np.asarray(metrics_lib.upsample_masks(jnp.asarray(masks)[None], res))[0]
+  masks_up = np.asarray(jax.image.resize(jnp.asarray(masks), masks.shape[:2] + res, 'linear'))
   error_up = np.asarray(jax.image.resize(error, error.shape[:1] + res, 'nearest'))
   return visualize.clip_figure(frames, pred, true, masks_up, error_up)
 
@@ -149,11 +139,12 @@ def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
   """Evaluate any saved checkpoint: a workdir, its checkpoints dir, one step dir, or a
   params file (.npz from tools.import_reference, .msgpack)."""
   from slotcurri_jax import checkpoint as checkpoint_lib
+  from slotcurri_jax import train
   from slotcurri_jax.models import encoders
-  from slotcurri_jax.models import video_model
   pipeline.check_available(config, splits=('validation',))
   mesh = parallel.mesh_from_config(config)
-  model = video_model.build_model(config)
+  run = train.Run.from_config(config)
+  model = run.model
   params = dict(checkpoint_lib.load_params(checkpoint, config))
   if 'encoder' not in params:  # imported reference checkpoints may leave out the frozen backbone
     pretrained = encoders.load_encoder_params(config)
@@ -163,13 +154,13 @@ def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
   params = jax.device_put(params, parallel.replicated(mesh))
   is_file = epath.Path(checkpoint).is_file()  # an imported params file has no step
   step = 0 if is_file else int(checkpoint_lib.resolve_step_dir(checkpoint).name)
-  state = _EvalState(params=params, step=jnp.asarray(step),
-                     active_mask=jnp.ones((config.model.max_slots,), bool))
-  return evaluate(config, model, state, mesh, workdir=workdir, max_batches=-1)
+  state = _EvalState(params=params, step=jnp.asarray(step))
+  return evaluate(config, make_predictor(config, run, mesh), state, mesh, workdir=workdir,
+                  max_batches=-1)
 
 
 class _EvalState:
-  """The three fields evaluation reads from a TrainState."""
+  """The two fields evaluation reads from a TrainState."""
 
-  def __init__(self, params: Any, step: jax.Array, active_mask: jax.Array):
-    self.params, self.step, self.active_mask = params, step, active_mask
+  def __init__(self, params: Any, step: jax.Array):
+    self.params, self.step = params, step

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import pathlib
 import re
@@ -49,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from slotcurri_jax import checkpoint as checkpoint_lib
+from slotcurri_jax import predict as predict_lib
 
 VIDEO_SUFFIXES = ('.mp4', '.webm', '.mov', '.mkv', '.avi', '.m4v')
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
@@ -157,7 +157,7 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float | None]:
 def check_frame_size(frames: np.ndarray, config, source: str = 'input') -> None:
   """Raise unless frames [T, H, W, 3] can be resized to the model: each side >= one patch."""
   from slotcurri_jax.models import encoders
-  patch = encoders.encoder_dims(config)['patch_size']
+  patch = encoders.encoder_spec(config).patch_size
   h, w = frames.shape[1:3]
   if min(h, w) < patch:
     raise ValueError(f'{source}: frames are {w}x{h} pixels, smaller than the model patch size '
@@ -191,26 +191,18 @@ def preprocess(frames: jax.Array, resolution: int) -> tuple[jax.Array, jax.Array
 
 # --------------------------------------------------------------------------- model
 
-@functools.partial(jax.jit, static_argnames=('model', 'rollout', 'resolution'))
-def _run_chunk(params, raw, active_mask, length, initial_state, *, model, rollout, resolution):
+@functools.partial(jax.jit, static_argnames=('predictor',))
+def _run_chunk(params, raw, active_mask, length, initial_state, *, predictor):
   """One chunk: raw uint8 [L, S, S, 3], active_mask [K], length int32 (real frames, the
   rest is padding), initial_state [1, K, D] or None -> (per-frame outputs, carry [1, K, D]).
 
-  Modules hash by value, so equal models share the compiled function.
+  The frames are resized and normalised on device, then `predictor.predict` (the
+  prediction evaluation uses) runs; the carry is Pred(S) of the last real frame.
   """
-  from slotcurri_jax import metrics as metrics_lib
-  video, display = preprocess(raw, resolution)
-  out = model.apply({'params': params}, video[None], active_mask, rollout=rollout,
-                    num_frames=length[None], initial_state=initial_state)
-  _, t, k, n = out['dec_masks'].shape
-  grid = math.isqrt(n)
-  ids = metrics_lib.masks_to_ids(out['dec_masks'], active_mask, (resolution, resolution))
-  error = jnp.mean(jnp.square(out['recon'] - out['targets']), axis=-1)
-  # The carry is Pred(S) of the last real frame (padding follows it in the last chunk).
-  carry = jax.lax.dynamic_index_in_dim(out['slots_predicted'], length - 1, axis=1,
-                                       keepdims=False)
-  return {'frames': display, 'ids': ids[0], 'masks': out['dec_masks'][0].reshape(t, k, grid, grid),
-          'slots': out['slots'][0], 'error': error[0].reshape(t, grid, grid)}, carry
+  video, display = preprocess(raw, predictor.resolution)
+  out = predictor.predict(params, video[None], active_mask, length[None], initial_state)
+  return {'frames': display, 'ids': out['ids'][0], 'masks': out['masks'][0],
+          'slots': out['slots'][0], 'error': out['error'][0]}, out['carry']
 
 
 def segment_video(model, params: Any, frames: np.ndarray, config, chunk_len: int = 24,
@@ -249,6 +241,7 @@ def segment_video(model, params: Any, frames: np.ndarray, config, chunk_len: int
   if active_mask is None:
     active_mask = np.ones((config.model.max_slots,), bool)
   active = jnp.asarray(active_mask, bool)
+  predictor = _predictor(model, rollout, config.data.resolution)
   frames = crop_square(frames)
   total = len(frames)
   state = None
@@ -260,11 +253,17 @@ def segment_video(model, params: Any, frames: np.ndarray, config, chunk_len: int
     if length < chunk_len and start > 0:  # keep the compiled shape of the earlier chunks
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], chunk_len - length, axis=0)])
     out, state = _run_chunk(params, chunk, active, jnp.asarray(length, jnp.int32), state,
-                            model=model, rollout=rollout, resolution=config.data.resolution)
+                            predictor=predictor)
     pieces.append({k: v[:length] for k, v in jax.device_get(out).items()})
   result = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
   result['active_mask'] = np.asarray(active_mask, bool)
   return result
+
+
+@functools.lru_cache(maxsize=8)
+def _predictor(model, rollout: str, resolution: int) -> predict_lib.Predictor:
+  """One Predictor per (model, rollout, resolution): equal models share its compilations."""
+  return predict_lib.Predictor(model, rollout=rollout, resolution=resolution)
 
 
 # --------------------------------------------------------------------------- outputs

@@ -248,7 +248,7 @@ def train_and_evaluate(config, workdir: str, *, evaluate_at_end: bool = True) ->
   pipeline.check_available(config, splits=('train', 'validation') if evaluate_at_end else ('train',))
   mesh = parallel.mesh_from_config(config)
   run = Run.from_config(config)
-  model = run.model
+  predictor = evaluate_lib.make_predictor(config, run, mesh)  # compiled once per run
   ckpt = checkpoint_lib.Checkpointer(str(workdir), config)
   ckpt.check_compatible()
 
@@ -297,11 +297,11 @@ def train_and_evaluate(config, workdir: str, *, evaluate_at_end: bool = True) ->
         return {'preempted_at_step': step}
       if (config.train.eval_every_steps > 0 and step % config.train.eval_every_steps == 0
           and step != total_steps):
-        evaluate_lib.evaluate(config, model, state, mesh, workdir=str(workdir), writer=writer,
+        evaluate_lib.evaluate(config, predictor, state, mesh, workdir=str(workdir), writer=writer,
                               max_batches=config.eval.steps)
   ckpt.close()
   if evaluate_at_end:
-    final_metrics = evaluate_lib.evaluate(config, model, state, mesh, workdir=str(workdir),
+    final_metrics = evaluate_lib.evaluate(config, predictor, state, mesh, workdir=str(workdir),
                                           writer=writer, max_batches=-1)
     if is_chief:
       from slotcurri_jax import visualize

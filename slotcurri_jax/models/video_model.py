@@ -19,6 +19,7 @@ corrector, predictor, decoder.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -103,6 +104,11 @@ class VideoSlotModel(nn.Module):
   decoder_pos_init: str = 'normal'
   decoder_remat: bool = False
   dtype: Any = jnp.float32
+
+  @property
+  def grid(self) -> int:
+    """The patch-grid side G (num_patches = G * G, row-major)."""
+    return math.isqrt(self.num_patches)
 
   def setup(self):
     self.feature_mlp = layers.MLP(hidden=(self.feature_mlp_hidden,), out_features=self.slot_dim,
