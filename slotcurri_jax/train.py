@@ -170,9 +170,12 @@ def make_train_step(run: Run, num_slots: int | None = None, *, diagnostics: bool
   ('spawn_counts' [max_slots]), the recorded 'slot_error' [max_slots] and the
   objective's aux (SSync labels, merge mapping, region masks).
   """
-  config, model, curriculum, objective = run.config, run.model, run.curriculum, run.objective
+  config, curriculum, objective = run.config, run.curriculum, run.objective
   input_key = run.spec.input_key
   max_slots = config.model.max_slots
+  # The model for the rows computed: all max_slots, or a clone at the stage's K that
+  # takes the first K placeholder rows (the other rows get exactly zero gradient).
+  model = run.model if num_slots is None else run.model.clone(max_slots=num_slots)
   lr_fn = train_state_lib.learning_rate_schedule(config.train)
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -185,8 +188,9 @@ def make_train_step(run: Run, num_slots: int | None = None, *, diagnostics: bool
     computed = active if num_slots is None else active[:num_slots]
 
     def loss_fn(p):
-      outputs = model.apply({'params': p}, batch[input_key], active, rollout='forward',
-                            num_slots=num_slots)
+      if num_slots is not None:
+        p = video_model.set_placeholders(p, video_model.get_placeholders(p)[:num_slots])
+      outputs = model.apply({'params': p}, batch[input_key], computed, rollout='forward')
       total, terms, aux = objective(outputs, computed, state.step)
       error = curriculum_lib.slot_error(jax.lax.stop_gradient(outputs['dec_masks']),
                                         jax.lax.stop_gradient(outputs['recon']),

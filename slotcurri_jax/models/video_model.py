@@ -126,14 +126,12 @@ class VideoSlotModel(nn.Module):
 
   def __call__(self, inputs: jax.Array, active_mask: jax.Array, rollout: str = 'forward',
                num_frames: jax.Array | None = None,
-               initial_state: jax.Array | None = None,
-               num_slots: int | None = None) -> dict[str, jax.Array]:
+               initial_state: jax.Array | None = None) -> dict[str, jax.Array]:
     """inputs: the batch entry of the encoder's `input_key`: video [B, T, H, W, 3]
     float32, ImageNet-normalised, or (no encoder) tokens [B, T, N, D_in]. See `process`
     for the rest."""
     features_in, targets = self.encode(inputs)
-    return self.process(features_in, targets, active_mask, rollout, num_frames, initial_state,
-                        num_slots)
+    return self.process(features_in, targets, active_mask, rollout, num_frames, initial_state)
 
   def encode(self, video: jax.Array) -> tuple[jax.Array, jax.Array]:
     """video: [B, T, H, W, 3] -> (features_in [B, T, N, D_in], targets [B, T, N, D_f]).
@@ -167,61 +165,43 @@ class VideoSlotModel(nn.Module):
 
   def process(self, features_in: jax.Array, targets: jax.Array, active_mask: jax.Array,
               rollout: str = 'forward', num_frames: jax.Array | None = None,
-              initial_state: jax.Array | None = None,
-              num_slots: int | None = None) -> dict[str, jax.Array]:
+              initial_state: jax.Array | None = None) -> dict[str, jax.Array]:
     """The slot stack on encoder outputs.
 
     Args:
       features_in: [B, T, N, D_in] encoder features.
       targets: [B, T, N, D_f] reconstruction targets (stop-gradient is applied here).
       active_mask: [max_slots] bool.
-      rollout: 'forward' or 'cyclic' (SlotCurri evaluation, SPEC §8: frames 0..T-2 from
-        a backward pass with 2 iterations each, frame T-1 from the forward pass).
+      rollout: 'forward' or 'cyclic' (SlotCurri evaluation, docs/method.md §8: frames
+        0..T-2 from a backward pass with 2 iterations each, frame T-1 from the forward pass).
       num_frames: optional int [B], real lengths of time-padded videos. The forward
         rollout is causal; the cyclic backward pass starts from Pred(S^f_{len-1}) per
         example and frames >= len-1 keep their forward result.
       initial_state: optional [B, max_slots, D_s] predicted slots entering frame 0
         (carrying slots across chunks of a long video); frame 0 then runs `iters`
         iterations from it instead of `iters_first` from the placeholders.
-      num_slots: optional static K <= max_slots: compute only rows 0..K-1 (a curriculum
-        stage's active slots, `train.active_slots_only`). The outputs then have K slot
-        rows and equal the padded model's first K rows when rows >= K are inactive.
 
     Returns a dict: features [B,T,N,D_s], targets [B,T,N,D_f], slots and
     slots_predicted [B,T,K,D_s], sa_masks / sa_logits / dec_masks / dec_alpha
-    [B,T,K,N], recon [B,T,N,D_f], with K = num_slots or max_slots.
+    [B,T,K,N], recon [B,T,N,D_f], with K = max_slots. (A curriculum stage that computes
+    only its K active slots uses a clone of this model with max_slots = K and the first
+    K placeholder rows; train.make_train_step does that.)
     """
     self._check_inputs(features_in, targets, active_mask, rollout, initial_state)
     b, t = features_in.shape[:2]
     features = self.feature_mlp(features_in).astype(jnp.float32)
 
     # Frame 0, peeled off the scan: it starts from the placeholders with more iterations.
-    placeholders = self.initializer(b)
-    if num_slots is not None:
-      if not 1 <= num_slots <= self.max_slots:
-        raise ValueError(f'num_slots={num_slots} must be in [1, max_slots={self.max_slots}]')
-      placeholders, active_mask = placeholders[:, :num_slots], active_mask[:num_slots]
-      if initial_state is not None:
-        initial_state = initial_state[:, :num_slots]
     if initial_state is None:
-      start, iters0 = placeholders, self.iters_first
+      start, iters0 = self.initializer(b), self.iters_first
     else:
       start, iters0 = initial_state.astype(jnp.float32), self.iters
     slots0, masks0, logits0 = self.corrector(features[:, 0], start, active_mask, iters0)
     frame0 = (slots0, self.predictor(slots0, active_mask), masks0, logits0)
-
-    def step(module, carry, frame_features):
-      slots, masks, logits = module.corrector(frame_features, carry, active_mask, self.iters)
-      predicted = module.predictor(slots, active_mask)
-      return predicted, (slots, predicted, masks, logits)
-
+    forward = tuple(a[:, None] for a in frame0)
     if t > 1:
-      scan = nn.scan(step, variable_broadcast='params', split_rngs={'params': False},
-                     in_axes=1, out_axes=1)
-      _, rest = scan(self, frame0[1], features[:, 1:])
-      forward = tuple(jnp.concatenate([a[:, None], r], axis=1) for a, r in zip(frame0, rest))
-    else:
-      forward = tuple(a[:, None] for a in frame0)
+      _, rest = self._processor(features[:, 1:], frame0[1], active_mask)
+      forward = tuple(jnp.concatenate([a, r], axis=1) for a, r in zip(forward, rest))
 
     per_frame = forward
     if rollout == 'cyclic' and t > 1:
@@ -242,29 +222,48 @@ class VideoSlotModel(nn.Module):
         'recon': dec['recon'],
     }
 
-  def _backward(self, features, forward, active_mask, num_frames):
-    """The backward half of the cyclic rollout (SPEC §8, §17.6), frames T-2 .. 0.
+  def _processor(self, features: jax.Array, carry: jax.Array, active_mask: jax.Array, *,
+                 reverse: bool = False, restart: tuple[jax.Array, jax.Array] | None = None):
+    """The processor (corrector, then predictor) over the frames of `features`.
 
-    The carry h is Pred(S^b_{t+1}); at t = len-2 it is replaced by Pred(S^f_{len-1}), so
-    each example starts from its own last real frame. Q8: 2 iterations on every frame,
-    frame 0 included.
+    Args:
+      features: [B, T', N, D_s] the frames to process, in time order.
+      carry: [B, K, D_s] predicted slots entering the first processed frame (the last
+        one when `reverse`).
+      active_mask: [K] bool.
+      reverse: scan from the last frame to the first.
+      restart: optional (where [B, T'] bool, slots [B, T', K, D_s]): at frame t, the
+        examples with where[:, t] start from slots[:, t] instead of the carry.
+
+    Returns (last carry [B, K, D_s], (slots, predicted [B, T', K, D_s], masks, logits
+    [B, T', K, N])), each frame with `iters` iterations.
     """
-    b, t = features.shape[:2]
-    lengths = (jnp.full((b,), t, jnp.int32) if num_frames is None
-               else jnp.asarray(num_frames, jnp.int32).reshape(b))
-    fwd_slots, fwd_predicted = forward[0], forward[1]
-
-    def step(module, carry, frame_features, next_forward_predicted, index):
-      begin = (index >= lengths - 2)[:, None, None]
-      carry = jnp.where(begin, next_forward_predicted, carry)
-      slots, masks, logits = module.corrector(frame_features, carry, active_mask, self.iters)
+    def step(module, carry, frame):
+      if restart is not None:
+        frame, begin, start = frame
+        carry = jnp.where(begin[:, None, None], start, carry)
+      slots, masks, logits = module.corrector(frame, carry, active_mask, self.iters)
       predicted = module.predictor(slots, active_mask)
       return predicted, (slots, predicted, masks, logits)
 
     scan = nn.scan(step, variable_broadcast='params', split_rngs={'params': False},
-                   in_axes=(1, 1, 0), out_axes=1, reverse=True)
-    _, backward = scan(self, fwd_predicted[:, -1], features[:, :-1], fwd_predicted[:, 1:],
-                       jnp.arange(t - 1))
+                   in_axes=1, out_axes=1, reverse=reverse)
+    return scan(self, carry, features if restart is None else (features,) + tuple(restart))
+
+  def _backward(self, features, forward, active_mask, num_frames):
+    """The backward half of the cyclic rollout (docs/method.md §8, §17.6), frames T-2 .. 0.
+
+    The carry h is Pred(S^b_{t+1}); at t = len-2 it is replaced by Pred(S^f_{len-1}), so
+    each example starts from its own last real frame. Quirk 8: 2 iterations on every
+    frame, frame 0 included.
+    """
+    b, t = features.shape[:2]
+    lengths = (jnp.full((b,), t, jnp.int32) if num_frames is None
+               else jnp.asarray(num_frames, jnp.int32).reshape(b))
+    fwd_predicted = forward[1]
+    begin = jnp.arange(t - 1)[None, :] >= (lengths - 2)[:, None]  # [B, T-1]
+    _, backward = self._processor(features[:, :-1], fwd_predicted[:, -1], active_mask,
+                                  reverse=True, restart=(begin, fwd_predicted[:, 1:]))
     keep_backward = (jnp.arange(t)[None, :] < (lengths - 1)[:, None])  # [B, T]
     mixed = []
     for bwd, fwd in zip(backward, forward):
