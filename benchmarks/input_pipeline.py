@@ -28,11 +28,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _demo_config():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location('demo_config', REPO / 'configs' / 'demo.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(None)
+  from slotcurri_jax import config as config_lib
+  return config_lib.load(REPO / 'configs' / 'demo.py')
 
 
 def _generate(config) -> float:

@@ -82,11 +82,8 @@ PYTORCH_ANCHORS = {
 # --------------------------------------------------------------------------- configs and models
 
 def _config_file(name: str):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(f'{name}_config', REPO / 'configs' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(None)
+  from slotcurri_jax import config as config_lib
+  return config_lib.load(REPO / 'configs' / f'{name}.py')
 
 
 def build_config(name: str, dtype: str, batch: int, remat: bool = False):

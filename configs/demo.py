@@ -25,6 +25,7 @@ from slotcurri_jax import config as config_lib
 
 def get_config(variant=None):
   c = config_lib.default_config()
+  config_lib.set_method(c, variant)
   c.data.name = 'synthetic_movi'
   c.data.resolution = 64
   c.data.batch_size = 16
@@ -58,4 +59,4 @@ def get_config(variant=None):
   c.train.checkpoint_every_steps = 400
   c.ssync.tau_merge = 0.7
   # Every demo variant keeps this lr and batch: the same budget for a fair comparison.
-  return config_lib.apply_variant(c, variant)
+  return c

@@ -16,9 +16,19 @@ Expected video FG-ARI / video mBO on the 250 validation videos at 336 px (SPEC ย
 """
 from slotcurri_jax import config as config_lib
 
+# Per method (docs/method.md ยง10.4): learning rate, global batch, clips per contrast pool.
+METHODS = {
+    'slotcurri': dict(learning_rate=8e-4, batch_size=128, contrast_group_size=64),
+    'slotcontrast': dict(learning_rate=4e-4, batch_size=64, contrast_group_size=64),
+    'ssync': dict(learning_rate=8e-4, batch_size=128, contrast_group_size=64),
+    'slotcurri_ssync': dict(learning_rate=8e-4, batch_size=128, contrast_group_size=64),
+}
+TAU_MERGE = 0.7  # SSync's merge threshold on MOVi-C
+
 
 def get_config(variant=None):
   c = config_lib.default_config()
+  variant = config_lib.set_method(c, variant)
   c.data.name = 'movi_c'
   c.data.resolution = 336
   c.data.max_instances = 11
@@ -28,4 +38,8 @@ def get_config(variant=None):
   c.model.slot_dim = 64
   c.model.max_slots = 11
   c.train.steps = 100_000
-  return config_lib.apply_variant(c, variant)
+  c.train.learning_rate = METHODS[variant]['learning_rate']
+  c.data.batch_size = METHODS[variant]['batch_size']
+  c.loss.contrast_group_size = METHODS[variant]['contrast_group_size']
+  c.ssync.tau_merge = TAU_MERGE
+  return c

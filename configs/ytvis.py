@@ -17,9 +17,19 @@ Expected video FG-ARI / video mBO at 518 px, whole videos (SPEC §13):
 """
 from slotcurri_jax import config as config_lib
 
+# Per method (docs/method.md §10.4): learning rate, global batch, clips per contrast pool.
+METHODS = {
+    'slotcurri': dict(learning_rate=8e-4, batch_size=64, contrast_group_size=32),
+    'slotcontrast': dict(learning_rate=8e-4, batch_size=64, contrast_group_size=64),
+    'ssync': dict(learning_rate=8e-4, batch_size=128, contrast_group_size=64),
+    'slotcurri_ssync': dict(learning_rate=8e-4, batch_size=64, contrast_group_size=32),
+}
+TAU_MERGE = 0.6  # SSync's merge threshold on YouTube-VIS
+
 
 def get_config(variant=None):
   c = config_lib.default_config()
+  variant = config_lib.set_method(c, variant)
   c.data.name = 'ytvis'
   c.data.resolution = 518
   c.data.max_instances = 25
@@ -31,4 +41,8 @@ def get_config(variant=None):
   c.model.slot_dim = 64
   c.model.max_slots = 7
   c.train.steps = 100_000
-  return config_lib.apply_variant(c, variant)
+  c.train.learning_rate = METHODS[variant]['learning_rate']
+  c.data.batch_size = METHODS[variant]['batch_size']
+  c.loss.contrast_group_size = METHODS[variant]['contrast_group_size']
+  c.ssync.tau_merge = TAU_MERGE
+  return c

@@ -171,43 +171,40 @@ def default_config() -> ml_collections.ConfigDict:
 
 VARIANTS = ('slotcurri', 'slotcontrast', 'ssync', 'slotcurri_ssync')
 
-# SPEC §10.2, per dataset: (SlotContrast lr, SlotCurri global batch, SlotCurri contrast pool,
-# SSync tau_merge).
-_PER_DATASET = {
-    'movi_c': dict(slotcontrast_lr=4e-4, slotcurri_batch=128, slotcurri_group=64, tau_merge=0.7),
-    'movi_e': dict(slotcontrast_lr=4e-4, slotcurri_batch=128, slotcurri_group=64, tau_merge=0.65),
-    'ytvis': dict(slotcontrast_lr=8e-4, slotcurri_batch=64, slotcurri_group=32, tau_merge=0.6),
-}
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """'configs/movi_c.py' or 'configs/movi_c.py:slotcontrast' -> that file's get_config(variant).
+
+  The one loader of config files outside the command line (where ml_collections'
+  config_flags reads the same `file[:variant]` form)."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import pathlib  # pylint: disable=import-outside-toplevel
+  file, _, variant = str(spec).partition(':')
+  if not pathlib.Path(file).is_file():
+    raise FileNotFoundError(f'config file {file!r} not found (give a path such as '
+                            'configs/movi_c.py[:variant])')
+  module_spec = importlib.util.spec_from_file_location(pathlib.Path(file).stem + '_config', file)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(variant or None)
 
 
-def apply_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_collections.ConfigDict:
-  """Set the method-specific values of SPEC §10.2 on a dataset config.
+def set_method(c: ml_collections.ConfigDict, variant: str | None) -> str:
+  """Switch `c` to a method: which parts exist, not their numbers (docs/method.md §10.4).
 
   variant: 'slotcurri' (default) | 'slotcontrast' | 'ssync' (SSync on SlotContrast) |
-  'slotcurri_ssync'. Datasets outside the table (the demo) keep their own lr/batch.
+  'slotcurri_ssync'. Sets method, curriculum.enabled, loss.ssim_weight (0.05 or 0),
+  eval.rollout (cyclic for SlotCurri) and ssync.enabled, and returns the variant. The
+  per-dataset numbers (learning rate, batch, contrast pool, tau_merge) are plain values
+  in each configs/<dataset>.py, set after this call; nothing here overwrites them.
   """
   variant = variant or 'slotcurri'
   if variant not in VARIANTS:
     raise ValueError(f'unknown variant {variant!r}; choose one of {VARIANTS}')
-  table = _PER_DATASET.get(c.data.name)
   curri = variant.startswith('slotcurri')
   c.method = 'slotcurri' if curri else 'slotcontrast'
   c.curriculum.enabled = curri
   c.loss.ssim_weight = 0.05 if curri else 0.0
   c.eval.rollout = 'cyclic' if curri else 'forward'
   c.ssync.enabled = variant.endswith('ssync')
-  if table is not None:
-    c.ssync.tau_merge = table['tau_merge']
-    if variant == 'slotcontrast':
-      c.train.learning_rate = table['slotcontrast_lr']
-      c.data.batch_size = 64
-      c.loss.contrast_group_size = 64
-    elif variant == 'ssync':
-      c.train.learning_rate = 8e-4
-      c.data.batch_size = 128
-      c.loss.contrast_group_size = 64
-    else:  # SlotCurri, with or without SSync
-      c.train.learning_rate = 8e-4
-      c.data.batch_size = table['slotcurri_batch']
-      c.loss.contrast_group_size = table['slotcurri_group']
-  return c
+  return variant

@@ -35,11 +35,8 @@ def trajectory_dir() -> pathlib.Path:
 
 def tiny_config(variant=None, **data_overrides):
   """configs/demo.py shrunk to compile and run in seconds: 16 px frames, 4x4 patches."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location('demo_config', REPO / 'configs' / 'demo.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config(variant)
+  from slotcurri_jax import config as config_lib
+  c = config_lib.load(f'{REPO / "configs" / "demo.py"}:{variant or ""}')
   c.data.resolution = 16
   c.data.batch_size = 4
   c.data.eval_batch_size = 8

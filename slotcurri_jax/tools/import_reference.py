@@ -25,7 +25,6 @@ Name mapping (reference -> ours; a PyTorch Linear weight [out, in] becomes kerne
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 import re
 import sys
@@ -36,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slotcurri_jax import config as config_lib
 from slotcurri_jax.models import dinov2
 from slotcurri_jax.models import encoders
 from slotcurri_jax.models import video_model
@@ -227,15 +227,6 @@ def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
   return {k: np.asarray(v, np.float32) for k, v in sd.items()}
 
 
-def load_config(spec: str):
-  """'configs/movi_c.py' or 'configs/movi_c.py:slotcontrast' -> config."""
-  file, _, arg = spec.partition(':')
-  module_spec = importlib.util.spec_from_file_location('imported_config', file)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
-
-
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('src', help='reference checkpoint: .ckpt, .pt, .pth, .npz, .safetensors')
@@ -243,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--config', default=None,
                       help='our config file (e.g. configs/movi_c.py[:variant]) to check shapes')
   args = parser.parse_args(argv)
-  config = load_config(args.config) if args.config else None
+  config = config_lib.load(args.config) if args.config else None
   params = state_dict_to_params(read_state_dict(args.src), config)
   encoders.save_params_npz(params, args.dst)
   n = sum(np.asarray(x).size for x in jax.tree.leaves(params))
