@@ -76,10 +76,7 @@ def global_to_host(x: Any) -> Any:
 
 def path_name(path) -> str:
   """A pytree key path as the '/'-joined name param_rules match: 'decoder/mlp/dense_0/kernel'."""
-  parts = []
-  for k in path:
-    parts.append(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))))
-  return '/'.join(parts)
+  return jax.tree_util.keystr(tuple(path), simple=True, separator='/')
 
 
 def param_specs(params: Any, rules: Sequence[tuple[str, tuple]] = ()) -> Any:
