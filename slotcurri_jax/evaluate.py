@@ -21,6 +21,7 @@ from etils import epath
 from slotcurri_jax import metrics as metrics_lib
 from slotcurri_jax import curriculum as curriculum_lib
 from slotcurri_jax import parallel
+from slotcurri_jax.data import device_preprocess
 from slotcurri_jax.data import movi
 from slotcurri_jax.data import pipeline
 
@@ -32,6 +33,7 @@ def make_eval_step(config, model):
   rollout = config.eval.rollout
 
   def eval_step(params, video, active_mask, num_frames):
+    video = device_preprocess.model_video(video, config)  # a raw dict -> video
     out = model.apply({'params': params}, video, active_mask, rollout=rollout,
                       num_frames=num_frames)
     b, t, _, n = out['dec_masks'].shape
@@ -66,10 +68,11 @@ def evaluate(config, model, state, mesh, *, workdir: str, writer=None, max_batch
     if 0 <= max_batches <= i:
       break
     batch = parallel.host_to_global(host_batch, mesh)
-    out = eval_step(state.params, batch['video'], active, batch['num_frames'])
+    out = eval_step(state.params, device_preprocess.model_input(batch), active,
+                    batch['num_frames'])
     out = jax.device_get(out)
     full = parallel.global_to_host(batch) if jax.process_count() > 1 else host_batch
-    for b in range(full['video'].shape[0]):
+    for b in range(full['num_frames'].shape[0]):
       if not full['padding_mask'][b]:
         continue
       t = int(full['num_frames'][b])
@@ -78,7 +81,8 @@ def evaluate(config, model, state, mesh, *, workdir: str, writer=None, max_batch
       _add_video_scores(scores, pred, true, config)
       num_videos += 1
       if len(figures) < config.train.image_summaries:
-        figures.append(_clip_figure(full['video'][b, :t], pred[0], true[0],
+        figures.append(_clip_figure(device_preprocess.host_video(full, b, config)[:t],
+                                    pred[0], true[0],
                                     out['masks'][b, :t], out['error'][b, :t]))
   if num_videos == 0:
     raise ValueError('evaluation saw no video: the validation split is empty or all padding')
