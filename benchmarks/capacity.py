@@ -183,7 +183,12 @@ def main() -> None:
   p.add_argument('--out', default=str(REPO / 'benchmarks' / 'results' / 'capacity.json'))
   p.add_argument('--memory', default='', help='per-device batches to compile, e.g. "16"')
   p.add_argument('--only', default='', help='e.g. movi_c:slotcurri')
+  p.add_argument('--tables', action='store_true',
+                 help='only print docs/scaling.md\'s derived tables from the saved results')
   args = p.parse_args()
+  if args.tables:
+    print(tables(args.out, str(REPO / 'benchmarks' / 'results' / 'input_pipeline.json')))
+    return
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   memory = tuple(int(b) for b in args.memory.split(',') if b)
@@ -211,6 +216,60 @@ def main() -> None:
   out.write_text(json.dumps({'command': 'python benchmarks/capacity.py ' + ' '.join(sys.argv[1:]),
                              'results': list(existing.values())}, indent=1) + '\n')
   print(f'wrote {out}')
+
+
+# --------------------------------------------------------------------------- derived tables
+
+# Dense bf16 peaks and memory per device, from the vendors' data sheets (docs/scaling.md).
+DEVICES = {
+    'H100 SXM': {'bf16_flops': 989e12, 'memory_gb': 80},
+    'A100 SXM': {'bf16_flops': 312e12, 'memory_gb': 80},
+    'TPU v5e': {'bf16_flops': 197e12, 'memory_gb': 16},
+    'TPU v5p': {'bf16_flops': 459e12, 'memory_gb': 95},
+}
+INTERCONNECT_GB_S = {  # per device, one direction, for the gradient all-reduce (data sheets)
+    'H100 SXM': (450, 50), 'A100 SXM': (300, 25), 'TPU v5e': (200, 200), 'TPU v5p': (600, 600)}
+
+
+def tables(capacity_json: str, input_json: str) -> str:
+  """docs/scaling.md's derived tables (markdown) from the two result files."""
+  cap = {r['config']: r for r in json.loads(pathlib.Path(capacity_json).read_text())['results']}
+  inp = json.loads(pathlib.Path(input_json).read_text())
+  host = {'movi': inp['movi_336px'], 'ytvis': inp['ytvis_518px']}
+  runs = [('MOVi-C', 'configs/movi_c.py:slotcurri', 'movi'),
+          ('MOVi-E', 'configs/movi_e.py:slotcurri', 'movi'),
+          ('YouTube-VIS', 'configs/ytvis.py:slotcurri', 'ytvis')]
+  lines = ['| run | device | MFU | s/step (1 dev) | clips/s per device | host cores per device, '
+           'old / new path | H2D MB/s per device, old / new | wall-clock 1 / 8 / 64 devices | '
+           'limit at 64 |', '|' + '---|' * 9]
+  for label, key, kind in runs:
+    r = cap[key]
+    flops, batch, steps = r['flops_per_step_total'], r['global_batch'], r['train_steps']
+    h = host[kind]
+    old_cpu, new_cpu = h['host_path']['host_cpu_s_per_clip'], h['device_path']['host_cpu_s_per_clip']
+    old_b, new_b = (h['host_path']['bytes_per_clip_to_device'],
+                    h['device_path']['bytes_per_clip_to_device'])
+    grad_bytes = r['param_bytes_float32'].get('trainable', 0)
+    for device, d in DEVICES.items():
+      for mfu in (0.4, 0.6):
+        step1 = flops / (d['bf16_flops'] * mfu)
+        clips = batch / step1
+        walls, limit = [], 'compute'
+        for n in (1, 8, 64):
+          step = step1 / n
+          intra, inter = INTERCONNECT_GB_S[device]
+          bw = (intra if n <= 8 else inter) * 1e9
+          allreduce = 2 * (n - 1) / n * grad_bytes / bw if n > 1 else 0.0
+          total = step + allreduce
+          walls.append(steps * total / 3600)
+          if n == 64 and allreduce > 0.5 * step:
+            limit = 'all-reduce'
+        lines.append(
+            f'| {label} | {device} | {int(mfu * 100)} % | {step1:.3f} | {clips:.0f} | '
+            f'{clips * old_cpu:.1f} / {clips * new_cpu:.1f} | '
+            f'{clips * old_b / 1e6:.0f} / {clips * new_b / 1e6:.0f} | '
+            + ' / '.join(f'{w:.1f} h' for w in walls) + f' | {limit} |')
+  return '\n'.join(lines)
 
 
 if __name__ == '__main__':

@@ -125,8 +125,9 @@ def preprocess(batch: dict, config) -> dict:
   if not is_raw(batch):
     return batch
   out = {k: v for k, v in batch.items() if k not in RAW_KEYS}
-  out['video'] = video_from_raw(batch['frames'], batch['size'], batch['crop'], batch['flip'],
-                                config.data.resolution)
+  with jax.named_scope('device_preprocess'):
+    out['video'] = video_from_raw(batch['frames'], batch['size'], batch['crop'],
+                                  batch['flip'], config.data.resolution)
   return out
 
 
