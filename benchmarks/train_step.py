@@ -265,8 +265,22 @@ def _device_peak_bytes() -> int | None:
 
 # --------------------------------------------------------------------------- measurements
 
+def raw_batch(config, shape, seed: int = 0) -> dict:
+  """A device-path batch (data/device_preprocess.py) for a video input of `shape`
+  [B, T, R, R, 3]: uint8 frames at the stored size (MOVi 128 px, the demo its
+  synthetic resolution), random flips; the step resizes them to R."""
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  b, t, r = shape[0], shape[1], shape[2]
+  stored = config.data.synthetic.resolution if config.data.name == 'synthetic_movi' else 128
+  return {'frames': rng.integers(0, 256, (b, t, stored, stored, 3), dtype=np.uint8),
+          'size': np.tile(np.asarray([stored, stored, r, r], np.int32), (b, 1)),
+          'crop': np.zeros((b, 4), np.int32), 'flip': rng.uniform(size=b) < 0.5}
+
+
 def measure_train(name: str, dtype: str, batch: int, steps: int, warmup: int,
-                  num_slots: int | None = None, remat: bool = False) -> dict:
+                  num_slots: int | None = None, remat: bool = False,
+                  raw_input: bool = False) -> dict:
   import jax
   import numpy as np
   from slotcurri_jax import parallel
@@ -278,8 +292,11 @@ def measure_train(name: str, dtype: str, batch: int, steps: int, warmup: int,
   mesh = parallel.create_mesh(devices=jax.devices()[:1])
   state, shardings = train.create_state(run, mesh, jax.random.PRNGKey(0))
   step = train.jit_train_step(run, mesh, shardings, num_slots=num_slots)
-  data = parallel.host_to_global(
-      {run.spec.input_key: np.random.default_rng(0).normal(size=shape).astype(np.float32)}, mesh)
+  if raw_input and run.spec.input_key == 'video':  # the step starts with the device resize
+    host_data = raw_batch(config, shape)
+  else:
+    host_data = {run.spec.input_key: np.random.default_rng(0).normal(size=shape).astype(np.float32)}
+  data = parallel.host_to_global(host_data, mesh)
 
   start = time.perf_counter()
   compiled = step.lower(state, data).compile()
@@ -318,6 +335,9 @@ def measure_train(name: str, dtype: str, batch: int, steps: int, warmup: int,
       'steps_peak_rss_bytes': _vm_hwm_bytes() if reset else None,
       'baseline_rss_bytes': rss_base,
       'device_peak_bytes': _device_peak_bytes(), 'final_loss': loss,
+      'device_bytes_limit': (jax.devices()[0].memory_stats() or {}).get('bytes_limit'),
+      'raw_input': bool(raw_input and run.spec.input_key == 'video'),
+      'bytes_per_step_to_device': sum(int(np.asarray(v).nbytes) for v in host_data.values()),
   }
 
 
@@ -495,6 +515,9 @@ def main(argv=None) -> None:
   p.add_argument('--active_slots', default='',
                  help='also time train.active_slots_only steps that compute only K slots, '
                       'e.g. "2,5" (the curriculum stages of MOVi-C: 2 -> 5 -> 11)')
+  p.add_argument('--raw_input', action='store_true',
+                 help='video configs: feed uint8 frames at the stored size (128 px MOVi) so the '
+                      'step includes the on-device resize (data.preprocess_on_device)')
   p.add_argument('--remat', action='store_true',
                  help='also time each training configuration with model.decoder.remat=True')
   p.add_argument('--eval_batch', type=int, default=4, help='videos per evaluation step')
@@ -522,7 +545,7 @@ def main(argv=None) -> None:
       for dtype in args.dtypes.split(','):
         spec = {'kind': 'train', 'name': name, 'dtype': dtype,
                 'batch': args.batch or DEFAULT_BATCH[name], 'steps': args.steps or DEFAULT_STEPS[name],
-                'warmup': args.warmup}
+                'warmup': args.warmup, 'raw_input': args.raw_input}
         print(f'running {name} {dtype} batch {spec["batch"]} ...', flush=True)
         results.append(run_child(spec, args.timeout))
         for k in [int(k) for k in args.active_slots.split(',') if k]:

@@ -36,6 +36,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.max_instances = 11
   c.data.num_eval_videos = -1  # -1: the whole evaluation split
   c.data.prefetch = 2  # batches prefetched to device
+  # Ship uint8 frames at the stored size; resize, normalise and flip inside the jitted
+  # step (data/device_preprocess.py). False: the whole transform on the host in float32.
+  c.data.preprocess_on_device = True
   c.data.synthetic = ml_collections.ConfigDict(dict(
       resolution=128,  # stored frame side of synthetic_movi
       num_frames=24,

@@ -8,6 +8,7 @@ of different lengths) never count.
 """
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any, Iterator
 
@@ -21,14 +22,17 @@ from slotcurri_jax import metrics as metrics_lib
 from slotcurri_jax import curriculum as curriculum_lib
 from slotcurri_jax import parallel
 from slotcurri_jax import predict as predict_lib
+from slotcurri_jax.data import device_preprocess
 from slotcurri_jax.data import movi
 from slotcurri_jax.data import pipeline
 
 def make_predictor(config, run, mesh=None) -> predict_lib.Predictor:
   """The run's Predictor with the configured evaluation rollout and resolution (built
-  once per run: every periodic evaluation reuses its compiled rollout)."""
-  return predict_lib.Predictor(run.model, rollout=config.eval.rollout,
-                               resolution=config.data.resolution, mesh=mesh)
+  once per run: every periodic evaluation reuses its compiled rollout). Raw batches
+  (data.preprocess_on_device) are resized and normalised inside the same jit."""
+  return predict_lib.Predictor(
+      run.model, rollout=config.eval.rollout, resolution=config.data.resolution, mesh=mesh,
+      prepare=functools.partial(device_preprocess.model_video, config=config))
 
 
 def eval_active_mask(config, state) -> jax.Array:
@@ -54,10 +58,11 @@ def evaluate(config, predictor: predict_lib.Predictor, state, mesh, *, workdir: 
     if 0 <= max_batches <= i:
       break
     batch = parallel.host_to_global(host_batch, mesh)
-    out = predictor(state.params, batch['video'], active, batch['num_frames'])
+    out = predictor(state.params, device_preprocess.model_input(batch), active,
+                    batch['num_frames'])
     out = jax.device_get(out)
     full = parallel.global_to_host(batch) if jax.process_count() > 1 else host_batch
-    for b in range(full['video'].shape[0]):
+    for b in range(full['num_frames'].shape[0]):
       if not full['padding_mask'][b]:
         continue
       t = int(full['num_frames'][b])
@@ -66,7 +71,8 @@ def evaluate(config, predictor: predict_lib.Predictor, state, mesh, *, workdir: 
       _add_video_scores(scores, pred, true, config)
       num_videos += 1
       if len(figures) < config.train.image_summaries:
-        figures.append(_clip_figure(full['video'][b, :t], pred[0], true[0],
+        figures.append(_clip_figure(device_preprocess.host_video(full, b, config)[:t],
+                                    pred[0], true[0],
                                     out['masks'][b, :t], out['error'][b, :t]))
   if num_videos == 0:
     raise ValueError('evaluation saw no video: the validation split is empty or all padding')

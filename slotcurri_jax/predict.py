@@ -8,7 +8,7 @@ after its on-device frame preprocessing.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -22,11 +22,14 @@ class Predictor:
 
   model: the VideoSlotModel; rollout: 'forward' | 'cyclic'; resolution: side R of the
   predicted id maps; mesh: when given, the outputs are replicated over it (every host
-  reads them).
+  reads them); prepare: optional inputs -> model inputs inside the jit (the on-device
+  preprocessing of raw frames, data/device_preprocess.py).
   """
 
-  def __init__(self, model, *, rollout: str, resolution: int, mesh=None):
+  def __init__(self, model, *, rollout: str, resolution: int, mesh=None,
+               prepare: Callable[[Any], jax.Array] | None = None):
     self.model, self.rollout, self.resolution = model, rollout, resolution
+    self.prepare = prepare
     self.grid = model.grid
     kwargs = {} if mesh is None else {'out_shardings': parallel.replicated(mesh)}
     self._jitted = jax.jit(self.predict, **kwargs)
@@ -37,7 +40,8 @@ class Predictor:
 
     Args:
       params: the model's params.
-      inputs: the encoder's input, video [B, T, H, W, 3] (or tokens [B, T, N, D]).
+      inputs: the encoder's input, video [B, T, H, W, 3] (or tokens [B, T, N, D]), or
+        what `prepare` turns into it (a raw batch: uint8 frames and their geometry).
       active_mask: [K] bool slots that may win a pixel (K = max_slots).
       num_frames: [B] int32 real frames per video (the rest is padding).
       initial_state: optional [B, K, D_s] predicted slots entering frame 0.
@@ -48,6 +52,8 @@ class Predictor:
       [B, T, G, G] per-patch reconstruction error, carry [B, K, D_s] = Pred(S) of the
       last real frame of each video (the next chunk's initial_state).
     """
+    if self.prepare is not None:
+      inputs = self.prepare(inputs)
     out = self.model.apply({'params': params}, inputs, active_mask, rollout=self.rollout,
                            num_frames=num_frames, initial_state=initial_state)
     b, t, k, _ = out['dec_masks'].shape

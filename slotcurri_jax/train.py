@@ -35,6 +35,7 @@ from slotcurri_jax import evaluate as evaluate_lib
 from slotcurri_jax import objective as objective_lib
 from slotcurri_jax import parallel
 from slotcurri_jax import train_state as train_state_lib
+from slotcurri_jax.data import device_preprocess
 from slotcurri_jax.data import pipeline
 from slotcurri_jax.models import encoders
 from slotcurri_jax.models import video_model
@@ -179,6 +180,7 @@ def make_train_step(run: Run, num_slots: int | None = None, *, diagnostics: bool
   lr_fn = train_state_lib.learning_rate_schedule(config.train)
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    batch = device_preprocess.preprocess(batch, config)  # raw uint8 frames -> video
     key = jax.random.fold_in(state.rng, state.step)
     placeholders, spawn_counts = curriculum.spawn_at(
         state.step, video_model.get_placeholders(state.params), state.slot_error, key,

@@ -18,6 +18,7 @@ def movi_config(data_dir):
   c.data.synthetic.resolution = 32
   c.data.resolution = 40
   c.data.batch_size = 8
+  c.data.preprocess_on_device = False  # the host transforms (device: test_device_preprocess)
   return c
 
 

@@ -16,6 +16,7 @@ from slotcurri_jax.data import pipeline
 def _config(data_dir, **data):
   c = tiny_config()  # 16 px, 8 + 8 videos of 24 frames, batch 4
   c.data.data_dir = str(data_dir)
+  c.data.preprocess_on_device = False  # batches hold 'video' (device: test_device_preprocess)
   for key, value in data.items():
     c.data[key] = value
   return c

@@ -128,6 +128,7 @@ def ytvis_config(data_dir, manual_dir, num_heldout=2):
   c.data.ytvis.manual_dir = str(manual_dir)
   c.data.ytvis.num_heldout = num_heldout
   c.data.ytvis.prepass_short_side = SHORT
+  c.data.preprocess_on_device = False  # the host transforms (device: test_device_preprocess)
   return c
 
 

@@ -219,6 +219,53 @@ def eval_example(example: dict, config) -> dict:
           'max_id': tf.reduce_max(ids)}
 
 
+# Raw examples for config.data.preprocess_on_device: the same random choices as the
+# functions above (same seeds, same draws), frames left uint8 at the stored size; the
+# resize, clamp, normalisation and flip run in the jitted step (data/device_preprocess.py).
+
+def flip_decision(prob: float, seed: tf.Tensor) -> tf.Tensor:
+  """The bool `maybe_flip` draws from `seed`."""
+  if prob <= 0:
+    return tf.constant(False)
+  return tf.random.stateless_uniform([], seed) < prob
+
+
+def raw_geometry(height, width, size: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """size (in_h, in_w, R, R) and crop (0, 0, 0, 0): the whole stored frame resized to R."""
+  geometry = tf.stack([tf.cast(height, tf.int32), tf.cast(width, tf.int32), size, size])
+  return geometry, tf.zeros([4], tf.int32)
+
+
+def train_example_raw(example: dict, seed: tf.Tensor, config) -> dict:
+  """`train_example`'s clip before its resize: frames uint8 [clip_len, h, w, 3], size
+  int32 [4], crop int32 [4], flip bool (data/device_preprocess.py)."""
+  clip_len, size = config.data.train_clip_len, config.data.resolution
+  offset_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  encoded = example['video']
+  offset = clip_offset(tf.shape(encoded)[0], clip_len, offset_seed)
+  frames = tf.ensure_shape(decode_frames(encoded, offset + tf.range(clip_len)),
+                           [clip_len, None, None, 3])
+  geometry, crop = raw_geometry(tf.shape(frames)[1], tf.shape(frames)[2], size)
+  return {'frames': frames, 'size': geometry, 'crop': crop,
+          'flip': flip_decision(config.data.flip_prob, flip_seed)}
+
+
+def eval_example_raw(example: dict, config) -> dict:
+  """`eval_example` with frames uint8 [T, h, w, 3] (+ size, crop, flip False) in place
+  of its video; the ids are resized to R on the host as there."""
+  size = config.data.resolution
+  encoded = example['video']
+  num_frames = tf.shape(encoded)[0]
+  frames = decode_frames(encoded, tf.range(num_frames))
+  ids = decode_frames(example['segmentations'], tf.range(num_frames), channels=1)[..., 0]
+  height, width = tf.shape(frames)[1], tf.shape(frames)[2]
+  ids = resize_nearest(tf.cast(ids, tf.int32), nearest_exact_indices(height, size),
+                       nearest_exact_indices(width, size), axis=1)
+  geometry, crop = raw_geometry(height, width, size)
+  return {'frames': frames, 'size': geometry, 'crop': crop, 'flip': tf.constant(False),
+          'segmentations': ids, 'num_frames': num_frames, 'max_id': tf.reduce_max(ids)}
+
+
 def check_ids(max_id: int, video_name: str, config) -> None:
   if max_id >= config.data.max_instances:
     raise ValueError(

@@ -190,7 +190,9 @@ def _find_bad_record(records: _Records, stream: tf.data.Dataset, transform, erro
 
 def train_iterator(config, *, start_step: int = 0, process_index: int | None = None,
                    process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """Infinite host-local training batches {'video': float32 [B_host, T, R, R, 3]}.
+  """Infinite host-local training batches {'video': float32 [B_host, T, R, R, 3]}, or with
+  config.data.preprocess_on_device raw batches {'frames': uint8, 'size', 'crop', 'flip'}
+  (data/device_preprocess.py) that the train step turns into that video.
 
   B_host = data.batch_size // process_count. The batches from start_step=k are
   those the iterator from step 0 yields after k batches (see module doc).
@@ -221,7 +223,8 @@ def train_iterator(config, *, start_step: int = 0, process_index: int | None = N
 
   def transform(counter, shard, index, features):
     seed = tf.random.experimental.stateless_fold_in(element_key, counter)
-    return module.train_example(features, seed, config)
+    return (module.train_example_raw if config.data.preprocess_on_device
+            else module.train_example)(features, seed, config)
 
   ds = undecoded().map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
@@ -248,7 +251,9 @@ def eval_iterator(config, *, process_index: int | None = None,
   Every host yields the same number of batches with the same T_pad (MOVi: the
   dataset's 24 frames; YT-VIS: the longest video of the global batch rounded
   up to a multiple of 8; frames past a video's end repeat its last frame, with
-  segmentation 0).
+  segmentation 0). With config.data.preprocess_on_device, 'video' is replaced by the
+  raw keys of data/device_preprocess.py: frames uint8 [B_host, T_pad, P, Q, 3] at the
+  stored size (zero-padded to the batch's largest), size, crop, flip.
   """
   p, n = _processes(process_index, process_count)
   if config.data.eval_batch_size % n:
@@ -267,7 +272,8 @@ def eval_iterator(config, *, process_index: int | None = None,
   records = _Records(builder, EVAL_SPLIT, *ranges[p], module.EVAL_DECODERS)
 
   def transform(shard, index, features):
-    out = module.eval_example(features, config)
+    out = (module.eval_example_raw if config.data.preprocess_on_device
+           else module.eval_example)(features, config)
     out['video_name'] = features['metadata']['video_name']
     return out
 
@@ -288,7 +294,8 @@ def eval_iterator(config, *, process_index: int | None = None,
       longest = max(lengths[i] for a, c in ranges
                     for i in range(a + b * batch, min(a + (b + 1) * batch, c)))
       t_pad = int(math.ceil(longest / 8) * 8)
-    yield _pad_batch(videos, batch, t_pad, config.data.resolution)
+    pad = _pad_raw_batch if config.data.preprocess_on_device else _pad_batch
+    yield pad(videos, batch, t_pad, config.data.resolution)
 
 
 def _check(video: dict, config) -> None:
@@ -310,6 +317,34 @@ def _pad_batch(videos: list[dict], batch: int, t_pad: int, size: int) -> dict[st
       raise ValueError(f'video {v["video_name"].decode()!r} has {t} frames > padded {t_pad}')
     out['video'][b, :t] = v['video']
     out['video'][b, t:] = v['video'][t - 1]  # repeat the last frame
+    out['segmentations'][b, :t] = v['segmentations']
+    out['num_frames'][b] = t
+    out['padding_mask'][b] = True
+  return out
+
+
+def _pad_raw_batch(videos: list[dict], batch: int, t_pad: int, size: int
+                   ) -> dict[str, np.ndarray]:
+  """`_pad_batch` for raw videos (frames uint8 at their stored size, padded in space to
+  the batch's largest; fillers are black frames with the first video's geometry)."""
+  height = max(v['frames'].shape[1] for v in videos)
+  width = max(v['frames'].shape[2] for v in videos)
+  out = {'frames': np.zeros((batch, t_pad, height, width, 3), np.uint8),
+         'size': np.tile(np.asarray(videos[0]['size'], np.int32), (batch, 1)),
+         'crop': np.zeros((batch, 4), np.int32),
+         'flip': np.zeros((batch,), bool),
+         'segmentations': np.zeros((batch, t_pad, size, size), np.int32),
+         'num_frames': np.full((batch,), t_pad, np.int32),
+         'padding_mask': np.zeros((batch,), bool)}
+  for b, v in enumerate(videos):
+    t = int(v['num_frames'])
+    if t > t_pad:
+      raise ValueError(f'video {v["video_name"].decode()!r} has {t} frames > padded {t_pad}')
+    h, w = v['frames'].shape[1:3]
+    out['frames'][b, :t, :h, :w] = v['frames']
+    out['frames'][b, t:, :h, :w] = v['frames'][t - 1]  # repeat the last frame
+    for key in ('size', 'crop', 'flip'):
+      out[key][b] = v[key]
     out['segmentations'][b, :t] = v['segmentations']
     out['num_frames'][b] = t
     out['padding_mask'][b] = True

@@ -407,6 +407,82 @@ def eval_example(example: dict, config) -> dict:
           'num_channels': tf.shape(masks)[-1], 'max_overlap': tf.reduce_max(overlap)}
 
 
+# Raw examples for config.data.preprocess_on_device (data/device_preprocess.py): the same
+# random choices as `train_example` / `eval_example`, frames left uint8. A training clip
+# ships only the stored pixels its crop reads (a window of at most S + 4 pixels per side,
+# S the pre-pass short side), zero-padded to (S + 4) x (S + 4) so batches have one shape.
+
+def raw_window(config) -> int:
+  """Side of the stored-pixel window a training clip ships: prepass_short_side + 4.
+
+  R consecutive outputs of a resize with scale s = in / out read taps
+  floor(src_first) - 1 .. floor(src_last) + 2, at most ceil((R - 1) s) + 4 pixels; the
+  short side has s = S / R, the long side L has s = L / floor(L R / S) <= S / (R - 1),
+  so (R - 1) s <= S either way."""
+  return config.data.ytvis.prepass_short_side + 4
+
+
+def _window_start(in_size, out_size, start, count: int, pad: int) -> tf.Tensor:
+  """First stored pixel read by outputs start .. start + count - 1 (asserts the window fits)."""
+  scale = movi._torch_scale(in_size, out_size)
+  ends = tf.cast(tf.stack([start, start + count - 1]), tf.float64)
+  src = tf.cast(scale * (ends + 0.5) - 0.5, tf.float32)
+  taps = tf.cast(tf.floor(src), tf.int32) + tf.constant([-1, 2])
+  first, last = tf.unstack(tf.clip_by_value(taps, 0, tf.cast(in_size, tf.int32) - 1))
+  check = tf.debugging.assert_less_equal(
+      last - first + 1, pad, message='a training crop reads more stored pixels than the window')
+  with tf.control_dependencies([check]):
+    return tf.identity(first)
+
+
+def train_example_raw(example: dict, seed: tf.Tensor, config) -> dict:
+  """`train_example`'s clip before its resize: frames uint8 [clip_len, W, W, 3] (W =
+  `raw_window`), size (h, w, new_h, new_w), crop (top, left, row0, col0), flip."""
+  clip_len, size = config.data.train_clip_len, config.data.resolution
+  pad = raw_window(config)
+  offset_seed, crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+  encoded = example['video']
+  num_frames = tf.shape(encoded)[0]
+  offset = movi.clip_offset(num_frames, clip_len, offset_seed)
+  frames = movi.decode_frames(encoded, tf.minimum(offset + tf.range(clip_len), num_frames - 1))
+  height, width = tf.shape(frames)[1], tf.shape(frames)[2]
+  new_h, new_w = _short_side(height, width, size)
+  top_seed, left_seed = tf.unstack(tf.random.experimental.stateless_split(crop_seed, 2))
+  top = tf.random.stateless_uniform([], top_seed, 0, new_h - size + 1, dtype=tf.int32)
+  left = tf.random.stateless_uniform([], left_seed, 0, new_w - size + 1, dtype=tf.int32)
+  row0 = _window_start(height, new_h, top, size, pad)
+  col0 = _window_start(width, new_w, left, size, pad)
+  window = frames[:, row0:row0 + pad, col0:col0 + pad]
+  shape = tf.shape(window)
+  window = tf.pad(window, [[0, 0], [0, pad - shape[1]], [0, pad - shape[2]], [0, 0]])
+  return {'frames': tf.ensure_shape(window, [clip_len, pad, pad, 3]),
+          'size': tf.stack([height, width, new_h, new_w]),
+          'crop': tf.stack([top, left, row0, col0]),
+          'flip': movi.flip_decision(config.data.flip_prob, flip_seed)}
+
+
+def eval_example_raw(example: dict, config) -> dict:
+  """`eval_example` with the centre square's frames uint8 [T, side, side, 3] (+ size,
+  crop, flip False) in place of its video; masks -> ids on the host as there."""
+  size = config.data.resolution
+  encoded = example['video']
+  num_frames = tf.shape(encoded)[0]
+  frames = movi.decode_frames(encoded, tf.range(num_frames))
+  height, width = tf.shape(frames)[1], tf.shape(frames)[2]
+  top, left, side = _centre_crop(height, width)
+  frames = frames[:, top:top + side, left:left + side]
+  masks = tf.cast(example['masks'][:, top:top + side, left:left + side] != 0, tf.uint8)
+  count = tf.reduce_sum(masks, axis=-1)
+  ids = tf.where(count > 0, tf.argmax(masks, axis=-1, output_type=tf.int32) + 1, 0)
+  index = movi.nearest_exact_indices(side, size)
+  overlap = movi.resize_nearest(count, index, index, axis=1)
+  ids = movi.resize_nearest(ids, index, index, axis=1)
+  return {'frames': frames, 'size': tf.stack([side, side, size, size]),
+          'crop': tf.zeros([4], tf.int32), 'flip': tf.constant(False),
+          'segmentations': ids, 'num_frames': num_frames,
+          'num_channels': tf.shape(masks)[-1], 'max_overlap': tf.reduce_max(overlap)}
+
+
 def check_masks(num_channels: int, max_overlap: int, video_name: str, config) -> None:
   if num_channels > config.data.max_instances:
     raise ValueError(f'video {video_name!r} has {num_channels} instance channels > '
