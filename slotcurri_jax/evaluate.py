@@ -150,15 +150,17 @@ def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
   from slotcurri_jax import checkpoint as checkpoint_lib
   from slotcurri_jax.models import encoders
   from slotcurri_jax.models import video_model
-  pipeline.check_available(config, splits=('validation',))
-  mesh = parallel.mesh_from_config(config)
-  model = video_model.build_model(config)
-  params = dict(checkpoint_lib.load_params(checkpoint, config))
-  if 'encoder' not in params:  # imported reference checkpoints may leave out the frozen backbone
-    pretrained = encoders.load_encoder_params(config)
-    if pretrained is not None:
-      params['encoder'] = pretrained
-  checkpoint_lib.check_params(model, params, config, checkpoint)
+  from slotcurri_jax import cli
+  with cli.user_errors():  # bad config values, missing data, weights or checkpoint
+    pipeline.check_available(config, splits=('validation',))
+    mesh = parallel.mesh_from_config(config)
+    model = video_model.build_model(config)
+    params = dict(checkpoint_lib.load_params(checkpoint, config))
+    if 'encoder' not in params:  # imported reference checkpoints may leave out the frozen backbone
+      pretrained = encoders.load_encoder_params(config)
+      if pretrained is not None:
+        params['encoder'] = pretrained
+    checkpoint_lib.check_params(model, params, config, checkpoint)
   params = jax.device_put(params, parallel.replicated(mesh))
   is_file = epath.Path(checkpoint).is_file()  # an imported params file has no step
   step = 0 if is_file else int(checkpoint_lib.resolve_step_dir(checkpoint).name)

@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from slotcurri_jax import checkpoint as checkpoint_lib
+from slotcurri_jax import cli
 
 VIDEO_SUFFIXES = ('.mp4', '.webm', '.mov', '.mkv', '.avi', '.m4v')
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
@@ -328,12 +329,13 @@ def run(config, checkpoint: str, video: str, output_dir: str, chunk_len: int = 2
   """
   from slotcurri_jax.models import video_model
   rollout = rollout or config.eval.rollout
-  frames, source_fps = read_video(video)
-  check_frame_size(frames, config, source=str(video))
-  model = video_model.build_model(config)
-  if params is None:
-    params = checkpoint_lib.load_params(checkpoint, config)
-    checkpoint_lib.check_params(model, params, config, checkpoint)
+  with cli.user_errors():  # the video, the config or the checkpoint
+    frames, source_fps = read_video(video)
+    check_frame_size(frames, config, source=str(video))
+    model = video_model.build_model(config)
+    if params is None:
+      params = checkpoint_lib.load_params(checkpoint, config)
+      checkpoint_lib.check_params(model, params, config, checkpoint)
   logging.info('%s: %d frames of %dx%d, %s rollout in chunks of %d', video, len(frames),
                frames.shape[2], frames.shape[1], rollout, chunk_len)
   result = segment_video(model, params, frames, config, chunk_len, rollout, progress=True)
@@ -363,9 +365,7 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
-  config = _CONFIG.value
-  if config is None:
-    raise app.UsageError('--config is required, e.g. --config=configs/demo.py')
+  config = cli.config_value(_CONFIG)
   for name in ('checkpoint', 'video', 'output_dir'):
     if not f[name].value:
       raise app.UsageError(f'--{name} is required')
@@ -376,4 +376,4 @@ def main(argv) -> None:
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -24,6 +24,7 @@ import optax
 from etils import epath
 
 from slotcurri_jax import checkpoint as checkpoint_lib
+from slotcurri_jax import cli
 from slotcurri_jax import curriculum
 from slotcurri_jax import evaluate as evaluate_lib
 from slotcurri_jax import losses
@@ -267,14 +268,17 @@ def stage_train_steps(config, model, mesh, shardings) -> Callable[[int], Callabl
 def train_and_evaluate(config, workdir: str, *, evaluate_at_end: bool = True) -> dict:
   """Train (resuming from workdir's last checkpoint) and evaluate; returns the final eval metrics."""
   workdir = epath.Path(workdir)
+  with cli.user_errors():  # bad config values, missing data or weights
+    pipeline.check_available(config, splits=('train', 'validation') if evaluate_at_end else ('train',))
+    mesh = parallel.mesh_from_config(config)
+    model = video_model.build_model(config)
+    curriculum.build_schedule(config.curriculum, config.model.max_slots, config.train.steps)
   workdir.mkdir(parents=True, exist_ok=True)
-  pipeline.check_available(config, splits=('train', 'validation') if evaluate_at_end else ('train',))
-  mesh = parallel.mesh_from_config(config)
-  model = video_model.build_model(config)
   ckpt = checkpoint_lib.Checkpointer(str(workdir), config)
   ckpt.check_compatible()
 
-  state, shardings = create_state(config, model, mesh, jax.random.PRNGKey(config.seed))
+  with cli.user_errors(FileNotFoundError, ImportError, ValueError):
+    state, shardings = create_state(config, model, mesh, jax.random.PRNGKey(config.seed))
   if ckpt.latest_step() is not None:
     state = ckpt.restore(checkpoint_lib.abstract_like(state))
     logging.info('resumed from step %d', int(state.step))

@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from slotcurri_jax import cli
 from slotcurri_jax import parallel
 from slotcurri_jax.data import movi
 from slotcurri_jax.data import ytvis
@@ -166,9 +167,9 @@ class _Records:
 
   def undecodable(self, shard, index, features, error) -> ValueError:
     name = features['metadata']['video_name'].numpy().decode()
-    return ValueError(
+    return cli.mark(ValueError(
         f'undecodable record in {self.split} of {self.builder.data_dir}: video {name!r}, '
-        f'record {int(index)} of {self.files[int(shard)]}: {getattr(error, "message", error)}')
+        f'record {int(index)} of {self.files[int(shard)]}: {getattr(error, "message", error)}'))
 
 
 def _find_bad_record(records: _Records, stream: tf.data.Dataset, transform, error):
@@ -181,8 +182,8 @@ def _find_bad_record(records: _Records, stream: tf.data.Dataset, transform, erro
       except tf.errors.OpError as e:
         raise records.undecodable(*element[-3:], e) from e
   except tf.errors.OpError as e:  # the shard itself is unreadable
-    raise ValueError(f'reading {records.split} of {records.builder.data_dir} failed: '
-                     f'{e.message}') from e
+    raise cli.mark(ValueError(f'reading {records.split} of {records.builder.data_dir} failed: '
+                              f'{e.message}')) from e
   raise error
 
 

@@ -1,0 +1,216 @@
+"""What the command-line programs share: user errors as one message, quiet library logs.
+
+A *user error* is a problem with the user's input (a config key or value, missing
+data or weights, a bad checkpoint or video): `run` prints its message alone on
+stderr and exits with status 1, no traceback. `--debug` (or SLOTCURRI_DEBUG=1)
+shows the traceback too. Any other exception is an internal error and keeps its
+traceback.
+
+Code marks an error as the user's by raising `UserError`, or by raising any
+exception inside `with user_errors(...)`, which marks exceptions of the given
+types (keeping their type, so callers that catch ValueError still do).
+
+Library chatter: INFO lines that absl logging receives from outside slotcurri_jax
+(orbax, TFDS, etils) and TensorFlow's C++ INFO/WARNING lines are hidden unless
+--verbosity >= 1 (absl's own flag, `-v 1`).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging as py_logging
+import os
+import pathlib
+import re
+import sys
+from typing import Callable, Iterator
+
+from absl import app
+from absl import flags
+from absl import logging
+
+DEBUG_ENV = 'SLOTCURRI_DEBUG'
+_PACKAGE_DIR = str(pathlib.Path(__file__).resolve().parent)
+_DEBUG = flags.DEFINE_bool('debug', False, 'Show the traceback of user errors too '
+                           f'(or set {DEBUG_ENV}=1).')
+
+
+class UserError(Exception):
+  """A problem with the user's input; the message names it and the fix."""
+
+
+def mark(error: BaseException) -> BaseException:
+  """Mark `error` as a user error (returns it, for `raise mark(ValueError(...))`)."""
+  error.slotcurri_user_error = True
+  return error
+
+
+def is_user_error(error: BaseException) -> bool:
+  return isinstance(error, UserError) or getattr(error, 'slotcurri_user_error', False)
+
+
+@contextlib.contextmanager
+def user_errors(*types: type[BaseException]) -> Iterator[None]:
+  """Exceptions of `types` raised inside are the user's (their type is kept)."""
+  types = types or (ValueError, FileNotFoundError, NotADirectoryError, ImportError)
+  try:
+    yield
+  except types as e:
+    raise mark(e)
+
+
+def message(error: BaseException) -> str:
+  """The text of an exception without its type (KeyError's quotes removed)."""
+  if len(error.args) == 1 and isinstance(error.args[0], str):
+    text = error.args[0]
+  else:
+    text = str(error)
+  return text.strip() or type(error).__name__
+
+
+def _debug_requested(argv: list[str] | None = None) -> bool:
+  if os.environ.get(DEBUG_ENV, '') not in ('', '0'):
+    return True
+  if flags.FLAGS.is_parsed():
+    return _DEBUG.value
+  return any(a in ('--debug', '--debug=true', '--debug=True') for a in (argv or sys.argv))
+
+
+def fail(text: str, status: int = 1) -> None:
+  """Print `error: text` on stderr and exit with `status`."""
+  sys.stderr.flush()
+  print(f'error: {text}', file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+# --------------------------------------------------------------------------- flag parsing
+
+def _chain(error: BaseException) -> list[BaseException]:
+  """error, then what caused it, then what caused that, ..."""
+  seen = []
+  while error is not None and error not in seen:
+    seen.append(error)
+    error = error.__cause__ or error.__context__
+  return seen
+
+
+def _without_traceback(text: str) -> str:
+  """Replace a traceback quoted inside a message by its last line (the error itself)."""
+  head, sep, tail = text.partition('Traceback (most recent call last):')
+  if not sep:
+    return text
+  lines = [l for l in tail.splitlines() if l.strip() and not l.startswith(' ')]
+  return f'{head.strip()} {lines[-1].strip() if lines else ""}'.strip()
+
+
+def describe_config_error(error: BaseException) -> str:
+  """A config file that failed to load (ml_collections reports it on first access)."""
+  text = message(error)
+  path = re.search(r'Attempted \[.*?\]:\s*\n\s*(\S+)\s*\n\s*(.+)', text)
+  if path:
+    return f'config file {path.group(1)} cannot be loaded: {path.group(2).strip()}'
+  return _without_traceback(text.replace('Configuration is not available because of an '
+                                         'earlier failure to load: ', ''))
+
+
+def describe_flag_error(error: BaseException, argv: list[str]) -> str:
+  """One message for a failure while parsing flags (config file, overrides)."""
+  for e in _chain(error):
+    text = _without_traceback(message(e))
+    text = re.sub(r"^'+|'+$", '', text.replace("\\'", "'").replace('\\n', '\n'))
+    suggestion = re.search(r"'?(\w+)'?\s*\nDid you mean \"(\w+)\" instead of \"\w+\"\?", text)
+    if suggestion:
+      wrong, right = suggestion.groups()
+      given = next((a for a in argv if re.search(rf'\.{wrong}(=|$)', a)), f'.{wrong}')
+      return (f'unknown config key {wrong!r} in {given}: did you mean {right!r}? '
+              '(every key is declared in slotcurri_jax/config.py)')
+  # The innermost non-empty message names the problem (e.g. an unknown variant);
+  # flags' own errors ("flag --x=y: ...") name the flag and are kept whole.
+  for e in _chain(error):
+    if isinstance(e, flags.Error) and message(e) not in ('', type(e).__name__):
+      return _without_traceback(message(e))
+  for e in reversed(_chain(error)):
+    text = _without_traceback(message(e))
+    if text and text != type(e).__name__:
+      return text
+  return f'bad command line: {type(error).__name__}'
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # config files and overrides raise many types
+    if _debug_requested(argv):
+      raise
+    fail(describe_flag_error(e, argv) + '\n(see --helpshort for the flags)')
+
+
+def config_value(config_flag):
+  """The ConfigDict of a config_flags flag; a file that failed to load is a user error."""
+  config = config_flag.value
+  if config is None:
+    raise app.UsageError('--config is required, e.g. --config=configs/demo.py')
+  try:
+    config.get('method')  # ml_collections raises here for a file that did not load
+  except OSError as e:
+    raise UserError(describe_config_error(e)) from e
+  return config
+
+
+# --------------------------------------------------------------------------- running
+
+class _QuietLibraries(py_logging.Filter):
+  """Drops INFO (and DEBUG) records from outside slotcurri_jax unless --verbosity >= 1."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    if record.levelno >= py_logging.WARNING or logging.get_verbosity() >= 1:
+      return True
+    return record.pathname.startswith(_PACKAGE_DIR)
+
+
+def quiet_libraries() -> None:
+  """Hide library chatter unless --verbosity >= 1 (call after flag parsing, before TF loads).
+
+  TensorFlow 2.21 prints its C++ start-up lines (oneDNN, absl::InitializeLog) while it
+  is imported, whatever TF_CPP_MIN_LOG_LEVEL says, so it is imported here with file
+  descriptor 2 pointed at /dev/null; Python errors of the import still propagate.
+  """
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
+    handler.addFilter(_QuietLibraries())
+  if logging.get_verbosity() >= 1 or 'tensorflow' in sys.modules:
+    return
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  sys.stderr.flush()
+  saved = os.dup(2)
+  try:
+    with open(os.devnull, 'w') as null:
+      os.dup2(null.fileno(), 2)
+      import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
+def run(main: Callable[[list[str]], None], argv: list[str] | None = None) -> None:
+  """absl's app.run(main) with user errors printed as one message (see module doc)."""
+  argv = list(sys.argv if argv is None else argv)
+  sys.argv = argv  # ml_collections' config flag reads its overrides from sys.argv
+
+  def wrapped(args):
+    quiet_libraries()
+    try:
+      return main(args)
+    except app.UsageError as e:
+      if _debug_requested():
+        raise
+      fail(f'{message(e)} (see --helpshort)')
+    except KeyboardInterrupt:
+      if _debug_requested():
+        raise
+      fail('interrupted (a second Ctrl-C): exited at once, without saving', status=130)
+    except BaseException as e:  # SystemExit passes: it is not marked
+      if not is_user_error(e) or _debug_requested():
+        raise
+      fail(message(e))
+
+  app.run(wrapped, argv=argv, flags_parser=_parse_flags)
