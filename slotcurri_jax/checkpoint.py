@@ -14,6 +14,7 @@ import os
 import signal
 from typing import Any
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -176,21 +177,41 @@ def check_params(model, params: Any, config, source: str) -> None:
 
 
 class PreemptionGuard:
-  """Turns SIGTERM (preemption, `kill`) into a flag the loop checks between steps,
-  so the loop writes a final checkpoint and exits cleanly."""
+  """SIGTERM (preemption, `kill`, SLURM's time limit) and SIGINT (Ctrl-C) become a flag
+  the loop checks after every step: it then saves a checkpoint and exits cleanly. A
+  second SIGINT raises KeyboardInterrupt at once (no save; the last checkpoint stands).
+
+  Orbax's own preemption check (`CheckpointManager.reached_preemption`) needs the
+  jax.distributed preemption service and sees no signal in a single process, so the
+  handlers are installed here; the loop shares the flag across hosts itself.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self.signal_name = 'SIGTERM'
+    self._previous = {}
 
   def __enter__(self):
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    try:
+      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+    except ValueError:  # not the main thread: signals stay with their handlers
+      self._previous = {}
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
+    del frame
+    if self.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signal_name = signal.Signals(signum).name
     self.requested = True
+    logging.warning('%s received: saving a checkpoint after this step, then exiting%s',
+                    self.signal_name,
+                    ' (Ctrl-C again exits at once, without saving)' if signum == signal.SIGINT
+                    else '')
 
   def __exit__(self, *exc):
-    signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
+    for s, previous in self._previous.items():
+      signal.signal(s, previous if previous is not None else signal.SIG_DFL)
     return False

@@ -301,9 +301,14 @@ def train_and_evaluate(config, workdir: str, *, evaluate_at_end: bool = True) ->
   final_metrics: dict = {}
   with checkpoint_lib.PreemptionGuard() as guard:
     step = start_step
+    in_flight = None  # metrics of the step dispatched before the newest one
     while step < total_steps:
       state, metrics = train_step_for(step)(state, next(batches))
       step += 1
+      # At most two steps in flight: the host never runs ahead of the device, so a
+      # signal is answered (and the progress is reported) within one or two steps.
+      jax.block_until_ready(in_flight)
+      in_flight = metrics
       pending.append(metrics)
       report(step)
       if step % config.train.log_every_steps == 0 or step == total_steps:
@@ -317,8 +322,9 @@ def train_and_evaluate(config, workdir: str, *, evaluate_at_end: bool = True) ->
       if (step % config.train.checkpoint_every_steps == 0 or step == total_steps or preempted):
         ckpt.save(state, force=preempted)
       if preempted:
-        logging.warning('SIGTERM received: saved step %d, exiting', step)
         ckpt.close()
+        logging.warning('%s: saved step %d in %s; run the same command to resume',
+                        guard.signal_name, step, ckpt.directory)
         writer.flush()
         return {'preempted_at_step': step}
       if (config.train.eval_every_steps > 0 and step % config.train.eval_every_steps == 0

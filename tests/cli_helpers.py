@@ -24,7 +24,8 @@ def run_main(capsys, *args) -> tuple[int, str, str]:
   os.chdir(REPO)
   try:
     with pytest.raises(SystemExit) as exit_info:
-      cli.run(main.main, argv=['slotcurri_jax.main', *args])
+      # --verbosity=0 (INFO) as in `python -m`, where absl starts at INFO (pytest: WARNING).
+      cli.run(main.main, argv=['slotcurri_jax.main', '--verbosity=0', *args])
   finally:
     os.chdir(cwd)
   code = exit_info.value.code
@@ -46,3 +47,9 @@ def snapshot(path: pathlib.Path) -> dict[str, str]:
     return {}
   return {str(p.relative_to(path)): hashlib.sha1(p.read_bytes()).hexdigest()
           for p in sorted(path.rglob('*')) if p.is_file()}
+
+
+@pytest.fixture(scope='session')
+def tiny_data_dir(tmp_path_factory) -> pathlib.Path:
+  """One synthetic_movi data_dir for every CLI test of the session (generated on first use)."""
+  return tmp_path_factory.mktemp('cli_tfds')
