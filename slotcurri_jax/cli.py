@@ -34,7 +34,7 @@ _DEBUG = flags.DEFINE_bool('debug', False, 'Show the traceback of user errors to
                            f'(or set {DEBUG_ENV}=1).')
 
 
-class UserError(Exception):
+class UserError(ValueError):
   """A problem with the user's input; the message names it and the fix."""
 
 
@@ -158,13 +158,21 @@ def config_value(config_flag):
 
 # --------------------------------------------------------------------------- running
 
+# Libraries whose warnings are internal notes (deprecations, metadata files), not the user's.
+_CHATTY = tuple(f'{os.sep}{name}{os.sep}' for name in
+                ('orbax', 'etils', 'tensorflow', 'tensorflow_datasets'))
+
+
 class _QuietLibraries(py_logging.Filter):
-  """Drops INFO (and DEBUG) records from outside slotcurri_jax unless --verbosity >= 1."""
+  """Unless --verbosity >= 1, drops INFO records from outside slotcurri_jax and the
+  WARNING records of the checkpoint and data libraries (_CHATTY)."""
 
   def filter(self, record: py_logging.LogRecord) -> bool:
-    if record.levelno >= py_logging.WARNING or logging.get_verbosity() >= 1:
+    if (record.levelno >= py_logging.ERROR or logging.get_verbosity() >= 1
+        or record.pathname.startswith(_PACKAGE_DIR)):
       return True
-    return record.pathname.startswith(_PACKAGE_DIR)
+    return record.levelno >= py_logging.WARNING and not any(
+        part in record.pathname for part in _CHATTY)
 
 
 def quiet_libraries() -> None:

@@ -155,15 +155,14 @@ def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
     pipeline.check_available(config, splits=('validation',))
     mesh = parallel.mesh_from_config(config)
     model = video_model.build_model(config)
-    params = dict(checkpoint_lib.load_params(checkpoint, config))
+    params, step = checkpoint_lib.load_params_and_step(checkpoint)
+    params = dict(params)
     if 'encoder' not in params:  # imported reference checkpoints may leave out the frozen backbone
       pretrained = encoders.load_encoder_params(config)
       if pretrained is not None:
         params['encoder'] = pretrained
     checkpoint_lib.check_params(model, params, config, checkpoint)
   params = jax.device_put(params, parallel.replicated(mesh))
-  is_file = epath.Path(checkpoint).is_file()  # an imported params file has no step
-  step = 0 if is_file else int(checkpoint_lib.resolve_step_dir(checkpoint).name)
   state = _EvalState(params=params, step=jnp.asarray(step),
                      active_mask=jnp.ones((config.model.max_slots,), bool))
   return evaluate(config, model, state, mesh, workdir=workdir, max_batches=-1)

@@ -275,7 +275,7 @@ def train_and_evaluate(config, workdir: str, *, evaluate_at_end: bool = True) ->
     curriculum.build_schedule(config.curriculum, config.model.max_slots, config.train.steps)
   workdir.mkdir(parents=True, exist_ok=True)
   ckpt = checkpoint_lib.Checkpointer(str(workdir), config)
-  ckpt.check_compatible()
+  ckpt.check_compatible(model_params_template(config, model))
 
   with cli.user_errors(FileNotFoundError, ImportError, ValueError):
     state, shardings = create_state(config, model, mesh, jax.random.PRNGKey(config.seed))
