@@ -1,7 +1,7 @@
 """User errors end with one `error:` message and status 1, no traceback (--debug shows it)."""
 import pytest
 
-from cli_helpers import error_lines, run_main, snapshot
+from cli_helpers import error_lines, run_main, snapshot, tiny_data_dir  # noqa: F401  (a fixture)
 
 TINY = '--config=tests/tiny_cli_config.py'
 
@@ -76,3 +76,13 @@ def test_infer_bad_video_is_one_message(tmp_path):
   assert proc.returncode == 1 and 'Traceback' not in proc.stderr
   assert error_lines(proc.stderr)[0].startswith(f'error: cannot decode video {video}: it is corrupt')
   assert not (tmp_path / 'out').exists()
+
+
+def test_one_step_smoke_run_with_the_default_curriculum(capsys, tmp_path, tiny_data_dir):
+  status, out, err = run_main(capsys, TINY, f'--workdir={tmp_path}/w', '--mode=train',
+                              '--config.train.steps=1', '--config.curriculum.schedule=()',
+                              f'--config.data.data_dir={tiny_data_dir}')
+  assert status == 0, err
+  assert ('curriculum: train.steps=1 leaves stages of 0 steps in the default schedule '
+          '((0, 2), (0, 2), (0, 5)); training with ((0, 5),) instead') in err
+  assert sorted(p.name for p in (tmp_path / 'w' / 'checkpoints').iterdir()) == ['1']
