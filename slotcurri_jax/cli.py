@@ -158,6 +158,8 @@ def config_value(config_flag):
 
 # --------------------------------------------------------------------------- running
 
+# The training metrics line ("[50] loss_total=...") is logged by clu's LoggingWriter.
+_METRIC_LINES = f'{os.sep}clu{os.sep}metric_writers{os.sep}'
 # Libraries whose warnings are internal notes (deprecations, metadata files), not the user's.
 _CHATTY = tuple(f'{os.sep}{name}{os.sep}' for name in
                 ('orbax', 'etils', 'tensorflow', 'tensorflow_datasets'))
@@ -169,7 +171,7 @@ class _QuietLibraries(py_logging.Filter):
 
   def filter(self, record: py_logging.LogRecord) -> bool:
     if (record.levelno >= py_logging.ERROR or logging.get_verbosity() >= 1
-        or record.pathname.startswith(_PACKAGE_DIR)):
+        or record.pathname.startswith(_PACKAGE_DIR) or _METRIC_LINES in record.pathname):
       return True
     return record.levelno >= py_logging.WARNING and not any(
         part in record.pathname for part in _CHATTY)
@@ -222,3 +224,39 @@ def run(main: Callable[[list[str]], None], argv: list[str] | None = None) -> Non
       fail(message(e))
 
   app.run(wrapped, argv=argv, flags_parser=_parse_flags)
+
+
+# --------------------------------------------------------------------------- progress bars
+
+class _BarSafeStream:
+  """A stream for absl's log handler that prints above the progress bars (tqdm.write)."""
+
+  def write(self, text: str) -> None:
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    tqdm.write(text, file=sys.stderr, end='')
+
+  def flush(self) -> None:
+    sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def progress_bar(total: int | None, initial: int = 0, desc: str = '', unit: str = 'step',
+                 enabled: bool = True):
+  """A tqdm bar on stderr (rate and ETA from its updates), with log lines printed above it.
+
+  Off a terminal (logs to a file) it refreshes every 30 s instead of several times a second.
+  """
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  tty = sys.stderr.isatty()
+  bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled,
+             file=sys.stderr, mininterval=0.5 if tty else 30.0, dynamic_ncols=tty,
+             smoothing=0.1)
+  handler = logging.get_absl_handler().python_handler
+  previous = handler.stream
+  if enabled:
+    handler.stream = _BarSafeStream()
+  try:
+    yield bar
+  finally:
+    handler.stream = previous
+    bar.close()

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
+from slotcurri_jax import cli
 from slotcurri_jax import metrics as metrics_lib
 from slotcurri_jax import parallel
 from slotcurri_jax.data import movi
@@ -56,29 +57,22 @@ def evaluate(config, model, state, mesh, *, workdir: str, writer=None, max_batch
   active = eval_active_mask(config, state)
   eval_step = jax.jit(make_eval_step(config, model),
                       out_shardings=parallel.replicated(mesh))
+  total = None
   if batches is None:
     batches = pipeline.eval_iterator(config)
+    total = pipeline.num_eval_batches(config)
+    total = min(total, max_batches) if max_batches >= 0 else total
   scores: dict[str, list[float]] = {}
   figures: list[np.ndarray] = []
   num_videos = 0
-  for i, host_batch in enumerate(batches):
-    if 0 <= max_batches <= i:
-      break
-    batch = parallel.host_to_global(host_batch, mesh)
-    out = eval_step(state.params, batch['video'], active, batch['num_frames'])
-    out = jax.device_get(out)
-    full = parallel.global_to_host(batch) if jax.process_count() > 1 else host_batch
-    for b in range(full['video'].shape[0]):
-      if not full['padding_mask'][b]:
-        continue
-      t = int(full['num_frames'][b])
-      pred = out['pred_ids'][b:b + 1, :t]
-      true = full['segmentations'][b:b + 1, :t]
-      _add_video_scores(scores, pred, true, config)
-      num_videos += 1
-      if len(figures) < config.train.image_summaries:
-        figures.append(_clip_figure(full['video'][b, :t], pred[0], true[0],
-                                    out['masks'][b, :t], out['error'][b, :t]))
+  with cli.progress_bar(total, desc=f'eval (step {step})', unit='batch',
+                        enabled=jax.process_index() == 0) as bar:
+    for i, host_batch in enumerate(batches):
+      if 0 <= max_batches <= i:
+        break
+      num_videos += _score_batch(host_batch, eval_step, state.params, active, mesh, config,
+                                 scores, figures)
+      bar.update(1)
   if num_videos == 0:
     raise ValueError('evaluation saw no video: the validation split is empty or all padding')
   results = {k: float(np.nanmean(v)) if np.any(np.isfinite(v)) else float('nan')
@@ -95,6 +89,27 @@ def evaluate(config, model, state, mesh, *, workdir: str, writer=None, max_batch
   _write(workdir, step, results, settings, figures, writer)
   logging.info('eval step %d: %s', step, results)
   return results
+
+
+def _score_batch(host_batch: dict, eval_step, params, active, mesh, config, scores: dict,
+                 figures: list) -> int:
+  """Score one evaluation batch into `scores` (and `figures`); returns its real videos."""
+  batch = parallel.host_to_global(host_batch, mesh)
+  out = jax.device_get(eval_step(params, batch['video'], active, batch['num_frames']))
+  full = parallel.global_to_host(batch) if jax.process_count() > 1 else host_batch
+  count = 0
+  for b in range(full['video'].shape[0]):
+    if not full['padding_mask'][b]:
+      continue
+    t = int(full['num_frames'][b])
+    pred = out['pred_ids'][b:b + 1, :t]
+    true = full['segmentations'][b:b + 1, :t]
+    _add_video_scores(scores, pred, true, config)
+    count += 1
+    if len(figures) < config.train.image_summaries:
+      figures.append(_clip_figure(full['video'][b, :t], pred[0], true[0],
+                                  out['masks'][b, :t], out['error'][b, :t]))
+  return count
 
 
 def _add_video_scores(scores: dict, pred: np.ndarray, true: np.ndarray, config) -> None:
@@ -150,7 +165,6 @@ def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
   from slotcurri_jax import checkpoint as checkpoint_lib
   from slotcurri_jax.models import encoders
   from slotcurri_jax.models import video_model
-  from slotcurri_jax import cli
   with cli.user_errors():  # bad config values, missing data, weights or checkpoint
     pipeline.check_available(config, splits=('validation',))
     mesh = parallel.mesh_from_config(config)

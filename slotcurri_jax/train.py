@@ -16,7 +16,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import metric_writers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -290,7 +290,6 @@ def train_and_evaluate(config, workdir: str, *, evaluate_at_end: bool = True) ->
   if start_step == 0:
     writer.write_hparams(_flat_hparams(config))
   total_steps = config.train.steps
-  report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
   history_path = workdir / 'train_history.jsonl'
   if is_chief:
     _truncate_history(history_path, start_step)
@@ -299,22 +298,28 @@ def train_and_evaluate(config, workdir: str, *, evaluate_at_end: bool = True) ->
       pipeline.train_iterator(config, start_step=start_step), mesh, config.data.prefetch)
   pending: list[dict] = []
   final_metrics: dict = {}
-  with checkpoint_lib.PreemptionGuard() as guard:
+  with checkpoint_lib.PreemptionGuard() as guard, cli.progress_bar(
+      total_steps, start_step, desc='train', enabled=is_chief) as bar:
     step = start_step
     in_flight = None  # metrics of the step dispatched before the newest one
     while step < total_steps:
       state, metrics = train_step_for(step)(state, next(batches))
       step += 1
       # At most two steps in flight: the host never runs ahead of the device, so a
-      # signal is answered (and the progress is reported) within one or two steps.
-      jax.block_until_ready(in_flight)
+      # signal is answered within one or two steps, and the bar counts computed steps.
+      if in_flight is not None:
+        jax.block_until_ready(in_flight)
+        bar.update(1)
       in_flight = metrics
       pending.append(metrics)
-      report(step)
       if step % config.train.log_every_steps == 0 or step == total_steps:
-        scalars = _mean_metrics(pending)
+        scalars = _mean_metrics(pending)  # blocks on this step: the bar catches up
+        bar.update(step - bar.n)
         pending = []
-        writer.write_scalars(step, scalars)
+        bar.set_postfix(loss=f'{scalars["loss_total"]:.4g}', slots=int(scalars['active_slots']),
+                        refresh=False)
+        rate = bar.format_dict.get('rate')  # computed steps per second (smoothed)
+        writer.write_scalars(step, dict(scalars, **({'steps_per_sec': rate} if rate else {})))
         if is_chief:
           with history_path.open('a') as f:
             f.write(json.dumps({'step': step, **scalars}) + '\n')

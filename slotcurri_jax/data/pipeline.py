@@ -237,6 +237,14 @@ def train_iterator(config, *, start_step: int = 0, process_index: int | None = N
 
 # --------------------------------------------------------------------------- evaluation
 
+def num_eval_batches(config, process_count: int | None = None) -> int:
+  """How many batches `eval_iterator` yields (the same on every host)."""
+  _, n = _processes(None, process_count)
+  batch = config.data.eval_batch_size // n
+  total = _eval_count(_builder(config), config)
+  return math.ceil(max(b - a for a, b in (_host_range(total, q, n) for q in range(n))) / batch)
+
+
 def eval_iterator(config, *, process_index: int | None = None,
                   process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Finite host-local evaluation batches of whole videos:
