@@ -36,6 +36,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.max_instances = 11
   c.data.num_eval_videos = -1  # -1: the whole evaluation split
   c.data.prefetch = 2  # batches prefetched to device
+  # Transient I/O errors (GCS "unavailable", timeouts) while reading records are retried
+  # this many times in a row, after read_backoff_s, 2x, 4x, ... seconds.
+  c.data.read_retries = 5
+  c.data.read_backoff_s = 2.0
   c.data.synthetic = ml_collections.ConfigDict(dict(
       resolution=128,  # stored frame side of synthetic_movi
       num_frames=24,
