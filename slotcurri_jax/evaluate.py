@@ -3,6 +3,8 @@
 The protocol of SPEC §12: whole videos, decoder alpha masks bilinearly upsampled
 to the ground-truth resolution before the argmax, video FG-ARI and video mBO as
 the headline numbers, per-frame variants and a fragmentation score beside them.
+FG-ARI and mBO are reported x 100 everywhere (as in the papers' tables); the JSON
+names each metric's unit.
 Padded examples (filling the last batch) and padded frames (YouTube-VIS videos
 of different lengths) never count.
 """
@@ -23,6 +25,17 @@ from slotcurri_jax import metrics as metrics_lib
 from slotcurri_jax import parallel
 from slotcurri_jax.data import movi
 from slotcurri_jax.data import pipeline
+
+# One convention everywhere (printed, logged, JSON, TensorBoard), the papers' and the
+# README's: FG-ARI and mBO x 100; `UNITS` is written next to the metrics in the JSON.
+PERCENT = ('ari', 'mbo', 'image_ari', 'image_mbo')
+UNITS = {
+    'ari': 'video FG-ARI x 100', 'mbo': 'video mBO x 100',
+    'image_ari': 'per-frame FG-ARI x 100', 'image_mbo': 'per-frame mBO x 100',
+    'fragmentation': 'slots per ground-truth object (mean; not x 100)',
+    'num_videos': 'videos',
+}
+
 
 def make_eval_step(config, model):
   """eval_step(params, video, active_mask, num_frames) -> dict of
@@ -75,8 +88,8 @@ def evaluate(config, model, state, mesh, *, workdir: str, writer=None, max_batch
       bar.update(1)
   if num_videos == 0:
     raise ValueError('evaluation saw no video: the validation split is empty or all padding')
-  results = {k: float(np.nanmean(v)) if np.any(np.isfinite(v)) else float('nan')
-             for k, v in scores.items()}
+  results = {k: float(np.nanmean(v)) * (100.0 if k in PERCENT else 1.0)
+             if np.any(np.isfinite(v)) else float('nan') for k, v in scores.items()}
   results['num_videos'] = num_videos
   settings = {
       'dataset': config.data.name, 'step': step, 'resolution': config.data.resolution,
@@ -87,7 +100,10 @@ def evaluate(config, model, state, mesh, *, workdir: str, writer=None, max_batch
       'frames': 'whole videos',
   }
   _write(workdir, step, results, settings, figures, writer)
-  logging.info('eval step %d: %s', step, results)
+  logging.info('eval step %d, %d videos: video FG-ARI %.1f, video mBO %.1f, image FG-ARI %.1f, '
+               'image mBO %.1f (x 100), fragmentation %.3f', step, num_videos, results['ari'],
+               results['mbo'], results['image_ari'], results['image_mbo'],
+               results['fragmentation'])
   return results
 
 
@@ -144,7 +160,8 @@ def _write(workdir: str, step: int, results: dict, settings: dict, figures: list
     return
   out_dir = epath.Path(workdir) / 'eval'
   out_dir.mkdir(parents=True, exist_ok=True)
-  payload = json.dumps({'metrics': results, 'settings': settings}, indent=2)
+  payload = json.dumps({'metrics': results, 'units': {k: UNITS[k] for k in results if k in UNITS},
+                        'settings': settings}, indent=2)
   (out_dir / f'metrics_step_{step}.json').write_text(payload)
   (out_dir / 'metrics_latest.json').write_text(payload)
   if figures:

@@ -80,8 +80,10 @@ def test_train_and_eval_writes_metrics_figures_and_logs(data_dir, tmp_path):
   results = train.train_and_evaluate(config, str(tmp_path), evaluate_at_end=True)
   for key in ('ari', 'mbo', 'image_ari', 'image_mbo', 'fragmentation'):
     assert key in results
-  assert 0.0 <= results['ari'] <= 1.0 or results['ari'] != results['ari']
+  assert 0.0 <= results['ari'] <= 100.0 or results['ari'] != results['ari']
   payload = json.loads((tmp_path / 'eval' / 'metrics_latest.json').read_text())
+  assert payload['metrics'] == results  # one convention: printed = written (x 100)
+  assert payload['units']['ari'] == 'video FG-ARI x 100'
   assert payload['settings']['rollout'] == 'cyclic'
   assert payload['settings']['num_videos'] == config.data.synthetic.num_validation
   assert list((tmp_path / 'eval').glob('figures_step_2/clip_0.png'))
