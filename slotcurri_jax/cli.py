@@ -21,6 +21,7 @@ import logging as py_logging
 import os
 import pathlib
 import re
+import shutil
 import sys
 from typing import Callable, Iterator
 
@@ -171,8 +172,10 @@ class _QuietLibraries(py_logging.Filter):
 
   def filter(self, record: py_logging.LogRecord) -> bool:
     if (record.levelno >= py_logging.ERROR or logging.get_verbosity() >= 1
-        or record.pathname.startswith(_PACKAGE_DIR) or _METRIC_LINES in record.pathname):
+        or record.pathname.startswith(_PACKAGE_DIR)):
       return True
+    if _METRIC_LINES in record.pathname:  # scalars yes; the hparams dump and image notes no
+      return bool(re.match(r'\[\d+\] [\w/.]+=', record.getMessage()))
     return record.levelno >= py_logging.WARNING and not any(
         part in record.pathname for part in _CHATTY)
 
@@ -248,9 +251,12 @@ def progress_bar(total: int | None, initial: int = 0, desc: str = '', unit: str 
   """
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   tty = sys.stderr.isatty()
+  # shutil falls back to $COLUMNS/$LINES or 100x20 where a terminal reports 0x0 (a bare
+  # pty), in which tqdm would hide the bar.
+  size = shutil.get_terminal_size((100, 20))
   bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled,
-             file=sys.stderr, mininterval=0.5 if tty else 30.0, dynamic_ncols=tty,
-             smoothing=0.1)
+             file=sys.stderr, mininterval=0.5 if tty else 30.0, smoothing=0.1,
+             ncols=size.columns if tty else None, nrows=size.lines if tty else None)
   handler = logging.get_absl_handler().python_handler
   previous = handler.stream
   if enabled:

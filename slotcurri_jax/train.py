@@ -318,7 +318,7 @@ def train_and_evaluate(config, workdir: str, *, evaluate_at_end: bool = True) ->
         pending = []
         bar.set_postfix(loss=f'{scalars["loss_total"]:.4g}', slots=int(scalars['active_slots']),
                         refresh=False)
-        rate = bar.format_dict.get('rate')  # computed steps per second (smoothed)
+        rate = None if bar.disable else bar.format_dict.get('rate')  # computed steps/s
         writer.write_scalars(step, dict(scalars, **({'steps_per_sec': rate} if rate else {})))
         if is_chief:
           with history_path.open('a') as f:
@@ -328,6 +328,7 @@ def train_and_evaluate(config, workdir: str, *, evaluate_at_end: bool = True) ->
         ckpt.save(state, force=preempted)
       if preempted:
         ckpt.close()
+        bar.update(step - bar.n)  # the saved step is computed
         logging.warning('%s: saved step %d in %s; run the same command to resume',
                         guard.signal_name, step, ckpt.directory)
         writer.flush()

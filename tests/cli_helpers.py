@@ -20,7 +20,7 @@ def run_main(capsys, *args) -> tuple[int, str, str]:
   flags.FLAGS.unparse_flags()  # values of an earlier in-process run must not leak in
   for name in [n for n in flags.FLAGS if n.startswith('config.')]:
     delattr(flags.FLAGS, name)  # the config flag registers one flag per override
-  cwd = os.getcwd()
+  cwd, argv = os.getcwd(), sys.argv
   os.chdir(REPO)
   try:
     with pytest.raises(SystemExit) as exit_info:
@@ -28,6 +28,8 @@ def run_main(capsys, *args) -> tuple[int, str, str]:
       cli.run(main.main, argv=['slotcurri_jax.main', '--verbosity=0', *args])
   finally:
     os.chdir(cwd)
+    sys.argv = argv  # cli.run sets it for ml_collections
+    logging.get_absl_handler().python_handler.stream = sys.__stderr__  # capsys closes its own
   code = exit_info.value.code
   out, err = capsys.readouterr()
   return (0 if code is None else int(code)), out, err
