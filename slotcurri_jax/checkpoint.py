@@ -224,9 +224,12 @@ class Checkpointer:
     self._manager.close()
 
 
-def _first_line(error: BaseException) -> str:
+def _first_line(error: BaseException, limit: int = 160) -> str:
+  """'Type: first line' of an error, without TensorStore's pointer to its details."""
   text = str(error).strip()
-  return f'{type(error).__name__}: {text.splitlines()[0] if text else ""}'
+  line = text.splitlines()[0] if text else ''
+  line = line.split(' See full TensorStore details')[0]
+  return f'{type(error).__name__}: {line[:limit]}{"..." if len(line) > limit else ""}'
 
 
 def _tree(metadata: Any) -> Any:

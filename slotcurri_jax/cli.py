@@ -50,13 +50,16 @@ def is_user_error(error: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def user_errors(*types: type[BaseException]) -> Iterator[None]:
-  """Exceptions of `types` raised inside are the user's (their type is kept)."""
+def user_errors(*types: type[BaseException], match: str | None = None) -> Iterator[None]:
+  """Exceptions of `types` raised inside are the user's (their type is kept); with
+  `match`, only those whose message matches that regex (the rest stay internal)."""
   types = types or (ValueError, FileNotFoundError, NotADirectoryError, ImportError)
   try:
     yield
   except types as e:
-    raise mark(e)
+    if match is None or re.search(match, message(e)):
+      mark(e)
+    raise
 
 
 def message(error: BaseException) -> str:

@@ -277,7 +277,9 @@ def train_and_evaluate(config, workdir: str, *, evaluate_at_end: bool = True) ->
   ckpt = checkpoint_lib.Checkpointer(str(workdir), config)
   ckpt.check_compatible(model_params_template(config, model))
 
-  with cli.user_errors(FileNotFoundError, ImportError, ValueError):
+  # Missing or mismatched pretrained weights are the user's; other errors of the init are bugs.
+  with cli.user_errors(FileNotFoundError, ImportError, ValueError,
+                       match=r'weights|model\.encoder|not found'):
     state, shardings = create_state(config, model, mesh, jax.random.PRNGKey(config.seed))
   if ckpt.latest_step() is not None:
     state = ckpt.restore(checkpoint_lib.abstract_like(state))
