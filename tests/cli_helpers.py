@@ -52,6 +52,11 @@ def snapshot(path: pathlib.Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope='session')
-def tiny_data_dir(tmp_path_factory) -> pathlib.Path:
-  """One synthetic_movi data_dir for every CLI test of the session (generated on first use)."""
-  return tmp_path_factory.mktemp('cli_tfds')
+def tiny_data_dir() -> pathlib.Path:
+  """The CLI tests' synthetic_movi data_dir, kept between sessions like the compilation
+  cache (generated on first use; the builder's name encodes every setting, so a change of
+  the tiny config never reads stale data). $SLOTCURRI_TEST_TFDS overrides the place."""
+  path = pathlib.Path(os.environ.get(
+      'SLOTCURRI_TEST_TFDS', pathlib.Path.home() / '.cache' / 'slotcurri_jax' / 'test_tfds'))
+  path.mkdir(parents=True, exist_ok=True)
+  return path

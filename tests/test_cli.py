@@ -24,7 +24,9 @@ def test_bad_command_line_is_one_message(capsys, tmp_path, args, expected):
   assert snapshot(tmp_path) == {}
 
 
-def test_missing_data_and_weights_are_one_message_and_write_nothing(capsys, tmp_path):
+def test_missing_data_and_weights_are_one_message_and_write_nothing(capsys, tmp_path,
+                                                                    tiny_data_dir, monkeypatch):
+  monkeypatch.setenv('HF_HUB_OFFLINE', '1')  # no download attempt (test_dinov2_download has one)
   status, _, err = run_main(capsys, '--config=configs/movi_c.py', f'--workdir={tmp_path}/w',
                             f'--config.data.data_dir={tmp_path}/nowhere')
   assert status == 1 and 'Traceback' not in err
@@ -32,7 +34,7 @@ def test_missing_data_and_weights_are_one_message_and_write_nothing(capsys, tmp_
   assert message[0] == f'error: config.data.data_dir={tmp_path}/nowhere does not exist.'
   assert any('mkdir -p' in l and 'gsutil -m cp -r' in l for l in message)
   status, _, err = run_main(
-      capsys, TINY, f'--workdir={tmp_path}/w', f'--config.data.data_dir={tmp_path}/tfds',
+      capsys, TINY, f'--workdir={tmp_path}/w', f'--config.data.data_dir={tiny_data_dir}',
       '--config.model.encoder.kind=dinov2', f'--config.model.encoder.weights={tmp_path}/no.npz',
       '--config.data.resolution=14')
   assert status == 1 and 'Traceback' not in err

@@ -13,6 +13,7 @@ def test_progress_bars_and_quiet_libraries(capsys, tmp_path, tiny_data_dir):
   assert '] [2] active_slots=' in err  # the metrics line (clu's LoggingWriter)
   for chatter in ('CheckpointManager', 'Load dataset info', 'oneDNN', 'is deprecated'):
     assert chatter not in err, chatter
-  status, _, err = run_main(capsys, *args, f'--workdir={tmp_path}/b', '--verbosity=1')
+  status, _, err = run_main(capsys, *args, f'--workdir={tmp_path}/b', '--verbosity=1',
+                            '--mode=train')
   assert status == 0, err
   assert 'CheckpointManager' in err
