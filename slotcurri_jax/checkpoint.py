@@ -2,10 +2,16 @@
 
 Orbax writes each step into a temporary directory and renames it when complete,
 so a crash or SIGTERM mid-save never leaves a half-written checkpoint that a
-resume would pick up: resuming always starts from the last complete step.
-Next to the state we save the config (JSON); on resume it is compared with the
-current config, and an incompatible workdir is refused before anything in it
-is touched.
+resume would pick up. A step that is complete but unreadable (a truncated file, a
+disk error) is skipped with a warning that names it: training moves it aside to
+`checkpoints_unreadable/<step>` and resumes from the newest intact step;
+evaluation and inference read the newest intact one and restore the params only.
+
+Next to the state we save the config (JSON). On resume the saved checkpoint is
+compared with the current config (`incompatibilities`): the param shapes of the
+model, every config key that changes what the params mean, and the resolved
+curriculum schedule. An incompatible workdir is refused, with every differing
+key listed, before anything in it is touched.
 """
 from __future__ import annotations
 
@@ -14,31 +20,87 @@ import os
 import signal
 from typing import Any
 
+from absl import logging
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from slotcurri_jax import cli
+from slotcurri_jax import curriculum
 from slotcurri_jax import train_state as train_state_lib
 
-# Config keys whose change makes a saved state unusable (shapes or meaning of params).
-_COMPATIBILITY_KEYS = (
-    'model.encoder.kind', 'model.encoder.variant', 'model.encoder.cnn_patch_size',
-    'model.encoder.cnn_features', 'model.slot_dim', 'model.max_slots',
-    'model.feature_mlp_hidden', 'model.decoder.hidden', 'model.predictor.num_blocks',
-    'model.predictor.num_heads', 'model.predictor.mlp_ratio', 'data.resolution',
-    'curriculum.error_window',
-)
+CHECKPOINT_FORMS = ('--checkpoint takes a training workdir (it holds checkpoints/), its '
+                    'checkpoints/ directory, one step directory (checkpoints/<step>/, holding '
+                    'state/), or a params file (.npz from tools.import_reference, .msgpack)')
+# Config sections and keys whose values define the method and what the params mean.
+_MEANING = ('method', 'model', 'loss', 'curriculum', 'ssync', 'data.name', 'data.resolution',
+            'data.train_clip_len', 'data.synthetic')
+# ... except these, which change speed, memory or initialisation only (the restored
+# params replace the initial ones), never what a trained param means.
+_NOT_MEANING = ('model.compute_dtype', 'model.encoder.dtype', 'model.decoder.remat',
+                'model.encoder.weights', 'model.encoder.random_init', 'model.init_gains')
 
 
-def _lookup(config_dict: dict, dotted: str):
-  value = config_dict
-  for part in dotted.split('.'):
-    if not isinstance(value, dict) or part not in value:
-      return None
-    value = value[part]
-  return list(value) if isinstance(value, tuple) else value
+def _flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
+  flat = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      flat.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      flat[f'{prefix}{k}'] = list(v) if isinstance(v, tuple) else v
+  return flat
+
+
+def _meaningful(key: str) -> bool:
+  inside = lambda k, p: k == p or k.startswith(p + '.')
+  return (any(inside(key, p) for p in _MEANING)
+          and not any(inside(key, p) for p in _NOT_MEANING))
+
+
+def _schedule(config_dict: dict) -> Any:
+  """The resolved curriculum schedule of a JSON config (it depends on train.steps)."""
+  try:
+    c = ml_collections.ConfigDict(config_dict)
+    return [list(s) for s in curriculum.build_schedule(c.curriculum, c.model.max_slots,
+                                                       c.train.steps)]
+  except Exception:  # an old or odd config: its keys are compared one by one anyway
+    return None
+
+
+def incompatibilities(saved_config: dict, config, saved_shapes: dict | None = None,
+                      model_shapes: dict | None = None) -> list[str]:
+  """Why a checkpoint of `saved_config` (JSON dict) cannot be resumed under `config`.
+
+  saved_shapes / model_shapes: '/'-joined param path -> shape, of the checkpoint and
+  of the model built from `config`. Keys missing from the saved config (written by an
+  older version) are not compared.
+  """
+  current = json.loads(config.to_json_best_effort())
+  flat_saved, flat_now = _flatten(saved_config), _flatten(current)
+  diffs = [f'{k}: saved {flat_saved[k]!r}, now {flat_now.get(k)!r}'
+           for k in sorted(flat_saved) if _meaningful(k) and flat_saved[k] != flat_now.get(k)]
+  saved_schedule, schedule = _schedule(saved_config), _schedule(current)
+  if saved_schedule != schedule and not any(k.startswith('curriculum.') for k in diffs):
+    diffs.append(f'curriculum schedule (from train.steps={flat_saved.get("train.steps")!r}): '
+                 f'saved {saved_schedule}, now {schedule} (set config.curriculum.schedule to '
+                 'the saved one to train longer)')
+  if saved_shapes is not None and model_shapes is not None:
+    params = [f'{k}: saved {saved_shapes.get(k)}, model {model_shapes.get(k)}'
+              for k in sorted(set(saved_shapes) | set(model_shapes))
+              if saved_shapes.get(k) != model_shapes.get(k)]
+    if params:
+      diffs.append(f'param shapes: {len(params)} differ, e.g. {"; ".join(params[:2])}')
+  return diffs
+
+
+def param_shapes(tree: Any) -> dict[str, tuple]:
+  """'/'-joined path -> shape of every leaf (arrays, ShapeDtypeStructs, orbax metadata)."""
+  from slotcurri_jax import parallel
+  return {parallel.path_name(path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 class Checkpointer:
@@ -57,20 +119,45 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def check_compatible(self) -> None:
-    """Raise if the workdir's newest checkpoint was written by an incompatible config."""
-    step = self.latest_step()
-    if step is None:
+  def _saved_config(self) -> tuple[int, dict] | None:
+    """(step, config) of the newest step whose config reads; None without checkpoints."""
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        return step, restored['config']
+      except Exception as e:  # orbax raises many types for unreadable files
+        logging.warning('checkpoint %s: its config is unreadable (%s)',
+                        self.directory / str(step), _first_line(e))
+    return None
+
+  def check_compatible(self, model_params: Any = None) -> None:
+    """Raise (a user error) if the workdir's newest checkpoint was written by another
+    method or by settings that change what its params mean.
+
+    model_params: the model's param tree (arrays or ShapeDtypeStructs), whose shapes
+    are compared with the checkpoint's.
+    """
+    found = self._saved_config()
+    if found is None:
       return
-    saved = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
-    current = json.loads(self.config.to_json_best_effort())
-    diffs = [f'{k}: saved {_lookup(saved, k)!r} vs now {_lookup(current, k)!r}'
-             for k in _COMPATIBILITY_KEYS if _lookup(saved, k) != _lookup(current, k)]
+    step, saved = found
+    saved_shapes = model_shapes = None
+    if model_params is not None:
+      try:
+        meta = ocp.PyTreeCheckpointer().metadata(self.directory / str(step) / 'state')
+        saved_shapes = param_shapes(_tree(meta)['params'])
+        model_shapes = param_shapes(model_params)
+      except Exception:  # unreadable metadata: the restore reports it
+        saved_shapes = model_shapes = None
+    diffs = incompatibilities(saved, self.config, saved_shapes, model_shapes)
     if diffs:
-      raise ValueError(
-          f'workdir {self.directory.parent} holds a checkpoint (step {step}) of an incompatible '
-          f'config ({"; ".join(diffs)}). Use another --workdir, or restore the old config; '
-          'nothing in the workdir was changed.')
+      shown = diffs[:12] + ([f'... and {len(diffs) - 12} more'] if len(diffs) > 12 else [])
+      raise cli.UserError(
+          f'workdir {self.directory.parent} holds a checkpoint (step {step}) of another method '
+          'or of settings that change what its params mean:\n  ' + '\n  '.join(shown) +
+          '\nUse another --workdir, or pass the saved settings; nothing in the workdir was '
+          'changed.')
 
   def save(self, state: train_state_lib.TrainState, *, force: bool = False) -> None:
     step = int(jax.device_get(state.step))
@@ -85,17 +172,49 @@ class Checkpointer:
 
   def restore(self, abstract_state: train_state_lib.TrainState,
               step: int | None = None) -> train_state_lib.TrainState:
-    """Restore into the shardings of `abstract_state` (any device count)."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f'no checkpoint in {self.directory}')
-    try:
-      restored = self._manager.restore(
-          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-    except (ValueError, KeyError, FileNotFoundError) as e:
-      raise ValueError(
-          f'checkpoint {self.directory / str(step)} cannot be restored into this model: {e}') from e
-    return restored['state']
+    """Restore into the shardings of `abstract_state` (any device count).
+
+    step None: the newest intact step. Unreadable newer steps are moved aside to
+    `checkpoints_unreadable/<step>` (process 0) with a warning, so that training can
+    write those steps again.
+    """
+    steps = sorted(self._manager.all_steps(), reverse=True) if step is None else [step]
+    if not steps:
+      raise cli.UserError(f'no checkpoint in {self.directory}')
+    failures = []
+    for s in steps:
+      try:
+        restored = self._manager.restore(
+            s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+      except Exception as e:  # orbax/tensorstore raise many types for unreadable data
+        failures.append(f'step {s}: {_first_line(e)}')
+        if step is not None:
+          break
+        logging.warning('checkpoint %s is unreadable (%s); skipping it',
+                        self.directory / str(s), _first_line(e))
+        continue
+      if failures:
+        self._move_aside([int(f.split(':')[0].split()[1]) for f in failures])
+        logging.warning('resuming from step %d, the newest intact checkpoint', s)
+      return restored['state']
+    raise cli.UserError(f'no readable checkpoint in {self.directory} ('
+                        + '; '.join(failures) + '). Use another --workdir, or delete the '
+                        'unreadable steps to start again.')
+
+  def _move_aside(self, steps: list[int]) -> None:
+    aside = self.directory.parent / 'checkpoints_unreadable'
+    if jax.process_index() == 0:
+      aside.mkdir(exist_ok=True)
+      for s in steps:
+        target = aside / str(s)
+        if target.exists():
+          target = aside / f'{s}.{len(list(aside.iterdir()))}'
+        (self.directory / str(s)).rename(target)
+        logging.warning('moved the unreadable checkpoint step %d to %s', s, target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices('checkpoint_move_aside')
+    self._manager.reload()
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
@@ -105,35 +224,81 @@ class Checkpointer:
     self._manager.close()
 
 
+def _first_line(error: BaseException, limit: int = 160) -> str:
+  """'Type: first line' of an error, without TensorStore's pointer to its details."""
+  text = str(error).strip()
+  line = text.splitlines()[0] if text else ''
+  line = line.split(' See full TensorStore details')[0]
+  return f'{type(error).__name__}: {line[:limit]}{"..." if len(line) > limit else ""}'
+
+
+def _tree(metadata: Any) -> Any:
+  """The pytree of an orbax metadata object (older versions return the tree itself)."""
+  tree = getattr(metadata, 'item_metadata', metadata)
+  return getattr(tree, 'tree', tree)
+
+
 def abstract_like(state: Any) -> Any:
   """ShapeDtypeStructs with shardings, the restore target for `state`'s layout."""
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
 
-def resolve_step_dir(path: str) -> epath.Path:
-  """The newest complete step directory of a workdir, a checkpoints dir, or a step dir itself."""
+def _steps_in(path: epath.Path) -> list[int]:
+  return sorted((int(p.name) for p in path.iterdir() if p.name.isdigit() and p.is_dir()),
+                reverse=True)
+
+
+def step_dirs(path: str) -> list[epath.Path]:
+  """Candidate step directories, newest first: a workdir's or checkpoints dir's complete
+  steps, or a step dir itself. Raises a user error naming the accepted forms."""
   path = epath.Path(os.path.expanduser(str(path)))
   if not path.exists():
-    raise FileNotFoundError(f'checkpoint {path} does not exist')
+    raise cli.mark(FileNotFoundError(f'checkpoint {path} does not exist. {CHECKPOINT_FORMS}.'))
+  if not path.is_dir():
+    raise cli.mark(NotADirectoryError(f'{path} is not a checkpoint: it is a file without the '
+                                      f'.npz/.msgpack suffix. {CHECKPOINT_FORMS}.'))
   if (path / 'checkpoints').is_dir():
     path = path / 'checkpoints'
   if (path / 'state').is_dir():
-    return path
-  steps = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit())
+    return [path]
+  steps = _steps_in(path)
   if not steps:
-    raise FileNotFoundError(f'no complete checkpoint step under {path}')
-  return path / str(steps[-1])
+    raise cli.mark(FileNotFoundError(f'no checkpoint step under {path}. {CHECKPOINT_FORMS}.'))
+  return [path / str(s) for s in steps]
+
+
+def resolve_step_dir(path: str) -> epath.Path:
+  """The newest complete step directory of a workdir, a checkpoints dir, or a step dir itself."""
+  return step_dirs(path)[0]
+
+
+def restore_params(step_dir: epath.Path) -> Any:
+  """Only the params of one step's saved TrainState (not the optimizer state), as numpy."""
+  checkpointer = ocp.PyTreeCheckpointer()
+  meta = _tree(checkpointer.metadata(step_dir / 'state'))
+  params_meta = meta['params']
+  item = {'params': jax.tree.map(lambda m: np.zeros((0,), m.dtype), params_meta)}
+  restore_args = {'params': jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray),
+                                         params_meta)}
+  restored = checkpointer.restore(step_dir / 'state', args=ocp.args.PyTreeRestore(
+      item=item, restore_args=restore_args, partial_restore=True))
+  return restored['params']
 
 
 def load_params(path: str, config=None) -> Any:
   """Model params from any saved form, as host numpy arrays (placement is up to the caller).
 
-  path: a training workdir, its checkpoints dir or one step dir (orbax), or a params
-  file: `.npz` of '/'-joined paths (tools.import_reference, tools.convert_dinov2) or
-  `.msgpack` (flax.serialization). `config` is unused (kept for symmetry with the importers).
+  path: a training workdir, its checkpoints dir or one step dir (orbax; the newest
+  intact step, params only), or a params file: `.npz` of '/'-joined paths
+  (tools.import_reference, tools.convert_dinov2) or `.msgpack` (flax.serialization).
+  `config` is unused (kept for symmetry with the importers).
   """
-  del config
+  return load_params_and_step(path)[0]
+
+
+def load_params_and_step(path: str) -> tuple[Any, int]:
+  """(params, step) as `load_params`; step 0 for a params file (it has none)."""
   p = epath.Path(os.path.expanduser(str(path)))
   if p.is_file() and p.suffix in ('.npz', '.msgpack'):
     try:
@@ -144,16 +309,25 @@ def load_params(path: str, config=None) -> Any:
         import flax.serialization
         params = flax.serialization.msgpack_restore(p.read_bytes())
     except Exception as e:  # numpy/msgpack raise several types for unreadable files
-      raise ValueError(f'params file {p} is corrupt or unreadable: {str(e).splitlines()[0]}') from e
+      raise cli.mark(ValueError(f'params file {p} is corrupt or unreadable: '
+                                f'{str(e).splitlines()[0]}')) from e
     params = params['params'] if isinstance(params, dict) and 'params' in params else params
-    return jax.tree.map(np.asarray, params)
-  step_dir = resolve_step_dir(path)
-  try:
-    restored = ocp.StandardCheckpointer().restore(step_dir / 'state')
-  except Exception as e:  # orbax raises several types for unreadable data
-    raise ValueError(f'checkpoint {step_dir} is corrupt or unreadable: {e}') from e
-  params = restored['params'] if isinstance(restored, dict) else restored.params
-  return jax.tree.map(np.asarray, params)
+    return jax.tree.map(np.asarray, params), 0
+  candidates = step_dirs(path)
+  failures = []
+  for step_dir in candidates:
+    try:
+      params = restore_params(step_dir)
+    except Exception as e:  # orbax raises several types for unreadable data
+      failures.append(f'{step_dir}: {_first_line(e)}')
+      if len(candidates) > 1:
+        logging.warning('checkpoint %s is unreadable (%s); trying the previous step', step_dir,
+                        _first_line(e))
+      continue
+    if failures:
+      logging.warning('using %s, the newest intact checkpoint', step_dir)
+    return jax.tree.map(np.asarray, params), int(step_dir.name) if step_dir.name.isdigit() else 0
+  raise cli.mark(ValueError('no readable checkpoint: ' + '; '.join(failures)))
 
 
 def check_params(model, params: Any, config, source: str) -> None:
@@ -176,21 +350,41 @@ def check_params(model, params: Any, config, source: str) -> None:
 
 
 class PreemptionGuard:
-  """Turns SIGTERM (preemption, `kill`) into a flag the loop checks between steps,
-  so the loop writes a final checkpoint and exits cleanly."""
+  """SIGTERM (preemption, `kill`, SLURM's time limit) and SIGINT (Ctrl-C) become a flag
+  the loop checks after every step: it then saves a checkpoint and exits cleanly. A
+  second SIGINT raises KeyboardInterrupt at once (no save; the last checkpoint stands).
+
+  Orbax's own preemption check (`CheckpointManager.reached_preemption`) needs the
+  jax.distributed preemption service and sees no signal in a single process, so the
+  handlers are installed here; the loop shares the flag across hosts itself.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self.signal_name = 'SIGTERM'
+    self._previous = {}
 
   def __enter__(self):
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    try:
+      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+    except ValueError:  # not the main thread: signals stay with their handlers
+      self._previous = {}
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
+    del frame
+    if self.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signal_name = signal.Signals(signum).name
     self.requested = True
+    logging.warning('%s received: saving a checkpoint after this step, then exiting%s',
+                    self.signal_name,
+                    ' (Ctrl-C again exits at once, without saving)' if signum == signal.SIGINT
+                    else '')
 
   def __exit__(self, *exc):
-    signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
+    for s, previous in self._previous.items():
+      signal.signal(s, previous if previous is not None else signal.SIG_DFL)
     return False

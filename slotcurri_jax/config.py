@@ -39,6 +39,10 @@ def default_config() -> ml_collections.ConfigDict:
   # Ship uint8 frames at the stored size; resize, normalise and flip inside the jitted
   # step (data/device_preprocess.py). False: the whole transform on the host in float32.
   c.data.preprocess_on_device = True
+  # Transient I/O errors (GCS "unavailable", timeouts) while reading records are retried
+  # this many times in a row, after read_backoff_s, 2x, 4x, ... seconds.
+  c.data.read_retries = 5
+  c.data.read_backoff_s = 2.0
   c.data.synthetic = ml_collections.ConfigDict(dict(
       resolution=128,  # stored frame side of synthetic_movi
       num_frames=24,

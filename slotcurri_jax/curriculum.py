@@ -16,8 +16,11 @@ Timeline of a boundary s_j (j >= 1) of the schedule ((s_0=0, K_0), (s_1, K_1), .
 from __future__ import annotations
 
 import dataclasses
+import fractions as fractions_lib
 import math
 from typing import Any
+
+from absl import logging
 
 import jax
 import jax.numpy as jnp
@@ -37,21 +40,30 @@ def build_schedule(curriculum_config: Any, max_slots: int, total_steps: int) -> 
   Default (empty `schedule`): counts (first_num_slots, floor(K/2), K) at steps
   (0, floor(f1 s_max), floor(f2 s_max)) with (f1, f2) = stage_fractions, i.e. MOVi-C
   2 -> 5 -> 11 at 10k / 25k of 100k. With n fractions the counts are
-  floor(K / 2^(n-k)) for k = 1..n (the reference's rule for n = 2).
+  floor(K / 2^(n-k)) for k = 1..n (the reference's rule for n = 2). Boundaries are
+  floor(Fraction(str(f)) * s_max), exact (S // 10 and S // 4 for the defaults), so float
+  rounding never moves one.
+
+  Short runs: a default stage that would last 0 steps (s_max < 10 for the defaults) is
+  dropped, the next stage taking its start, and a line says so; e.g. s_max = 5 gives
+  ((0, floor(K/2)), (1, K)) and s_max < 4 ((0, K),). An explicit schedule is used as
+  written (stages after s_max are never reached).
 
   Args:
     curriculum_config: `config.curriculum` (enabled, schedule, stage_fractions,
       first_num_slots).
     max_slots: K = config.model.max_slots.
-    total_steps: s_max = config.train.steps.
+    total_steps: s_max = config.train.steps (>= 1).
 
   Returns:
     A tuple of (step, num_slots) with step 0 first; ((0, max_slots),) when disabled.
 
   Raises:
-    ValueError: steps not strictly increasing from 0, counts decreasing, or a count
-      outside [1, max_slots].
+    ValueError: s_max < 1, steps not strictly increasing from 0, counts decreasing, or
+      a count outside [1, max_slots].
   """
+  if int(total_steps) < 1:
+    raise ValueError(f'train.steps={total_steps}; it must be at least 1')
   if not curriculum_config.enabled:
     return ((0, int(max_slots)),)
   explicit = tuple(curriculum_config.schedule or ())
@@ -61,16 +73,36 @@ def build_schedule(curriculum_config: Any, max_slots: int, total_steps: int) -> 
   else:
     fractions = tuple(curriculum_config.stage_fractions)
     n = len(fractions)
-    steps = [0] + [int(math.floor(f * total_steps)) for f in fractions]
+    steps = [0] + [math.floor(fractions_lib.Fraction(str(f)) * int(total_steps))
+                   for f in fractions]
     counts = [int(curriculum_config.first_num_slots)] + [
         max_slots // 2 ** (n - k) for k in range(1, n + 1)]
-    schedule = tuple(zip(steps, counts))
+    schedule = _drop_empty_stages(tuple(zip(steps, counts)), total_steps)
     where = (f'the default schedule from config.curriculum.stage_fractions={fractions}, '
              f'first_num_slots={curriculum_config.first_num_slots}, model.max_slots='
              f'{max_slots} and train.steps={total_steps} (set config.curriculum.schedule '
              'explicitly or disable the curriculum)')
   _validate(schedule, max_slots, where)
   return schedule
+
+
+_REPORTED: set = set()  # short-run notes already logged (build_schedule runs several times)
+
+
+def _drop_empty_stages(stages: Schedule, total_steps: int) -> Schedule:
+  """Drop stages that start where the next one starts (0 steps long); log what was done."""
+  kept: list[tuple[int, int]] = []
+  for step, k in stages:
+    if kept and step <= kept[-1][0]:
+      kept[-1] = (kept[-1][0], k)  # the earlier stage is empty: this one starts there
+    else:
+      kept.append((step, k))
+  kept = tuple(kept)
+  if kept != stages and (stages, total_steps) not in _REPORTED:
+    _REPORTED.add((stages, total_steps))
+    logging.warning('curriculum: train.steps=%d leaves stages of 0 steps in the default schedule '
+                    '%s; training with %s instead', total_steps, stages, kept)
+  return kept
 
 
 def _validate(schedule: Schedule, max_slots: int, where: str) -> None:

@@ -3,6 +3,8 @@
 The protocol of SPEC §12: whole videos, decoder alpha masks bilinearly upsampled
 to the ground-truth resolution before the argmax, video FG-ARI and video mBO as
 the headline numbers, per-frame variants and a fragmentation score beside them.
+FG-ARI and mBO are reported x 100 everywhere (as in the papers' tables); the JSON
+names each metric's unit.
 Padded examples (filling the last batch) and padded frames (YouTube-VIS videos
 of different lengths) never count.
 """
@@ -18,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
+from slotcurri_jax import cli
 from slotcurri_jax import metrics as metrics_lib
 from slotcurri_jax import curriculum as curriculum_lib
 from slotcurri_jax import parallel
@@ -25,6 +28,17 @@ from slotcurri_jax import predict as predict_lib
 from slotcurri_jax.data import device_preprocess
 from slotcurri_jax.data import movi
 from slotcurri_jax.data import pipeline
+
+# One convention everywhere (printed, logged, JSON, TensorBoard), the papers' and the
+# README's: FG-ARI and mBO x 100; `UNITS` is written next to the metrics in the JSON.
+PERCENT = ('ari', 'mbo', 'image_ari', 'image_mbo')
+UNITS = {
+    'ari': 'video FG-ARI x 100', 'mbo': 'video mBO x 100',
+    'image_ari': 'per-frame FG-ARI x 100', 'image_mbo': 'per-frame mBO x 100',
+    'fragmentation': 'slots per ground-truth object (mean; not x 100)',
+    'num_videos': 'videos',
+}
+
 
 def make_predictor(config, run, mesh=None) -> predict_lib.Predictor:
   """The run's Predictor with the configured evaluation rollout and resolution (built
@@ -49,35 +63,26 @@ def evaluate(config, predictor: predict_lib.Predictor, state, mesh, *, workdir: 
   predictor: `make_predictor(config, run, mesh)`, built once per run."""
   step = int(jax.device_get(state.step))
   active = eval_active_mask(config, state)
+  total = None
   if batches is None:
     batches = pipeline.eval_iterator(config)
+    total = pipeline.num_eval_batches(config)
+    total = min(total, max_batches) if max_batches >= 0 else total
   scores: dict[str, list[float]] = {}
   figures: list[np.ndarray] = []
   num_videos = 0
-  for i, host_batch in enumerate(batches):
-    if 0 <= max_batches <= i:
-      break
-    batch = parallel.host_to_global(host_batch, mesh)
-    out = predictor(state.params, device_preprocess.model_input(batch), active,
-                    batch['num_frames'])
-    out = jax.device_get(out)
-    full = parallel.global_to_host(batch) if jax.process_count() > 1 else host_batch
-    for b in range(full['num_frames'].shape[0]):
-      if not full['padding_mask'][b]:
-        continue
-      t = int(full['num_frames'][b])
-      pred = out['ids'][b:b + 1, :t]
-      true = full['segmentations'][b:b + 1, :t]
-      _add_video_scores(scores, pred, true, config)
-      num_videos += 1
-      if len(figures) < config.train.image_summaries:
-        figures.append(_clip_figure(device_preprocess.host_video(full, b, config)[:t],
-                                    pred[0], true[0],
-                                    out['masks'][b, :t], out['error'][b, :t]))
+  with cli.progress_bar(total, desc=f'eval (step {step})', unit='batch',
+                        enabled=jax.process_index() == 0) as bar:
+    for i, host_batch in enumerate(batches):
+      if 0 <= max_batches <= i:
+        break
+      num_videos += _score_batch(host_batch, predictor, state.params, active, mesh, config,
+                                 scores, figures)
+      bar.update(1)
   if num_videos == 0:
     raise ValueError('evaluation saw no video: the validation split is empty or all padding')
-  results = {k: float(np.nanmean(v)) if np.any(np.isfinite(v)) else float('nan')
-             for k, v in scores.items()}
+  results = {k: float(np.nanmean(v)) * (100.0 if k in PERCENT else 1.0)
+             if np.any(np.isfinite(v)) else float('nan') for k, v in scores.items()}
   results['num_videos'] = num_videos
   settings = {
       'dataset': config.data.name, 'step': step, 'resolution': config.data.resolution,
@@ -88,8 +93,33 @@ def evaluate(config, predictor: predict_lib.Predictor, state, mesh, *, workdir: 
       'frames': 'whole videos',
   }
   _write(workdir, step, results, settings, figures, writer)
-  logging.info('eval step %d: %s', step, results)
+  logging.info('eval step %d, %d videos: video FG-ARI %.1f, video mBO %.1f, image FG-ARI %.1f, '
+               'image mBO %.1f (x 100), fragmentation %.3f', step, num_videos, results['ari'],
+               results['mbo'], results['image_ari'], results['image_mbo'],
+               results['fragmentation'])
   return results
+
+
+def _score_batch(host_batch: dict, predictor, params, active, mesh, config, scores: dict,
+                 figures: list) -> int:
+  """Score one evaluation batch into `scores` (and `figures`); returns its real videos."""
+  batch = parallel.host_to_global(host_batch, mesh)
+  out = jax.device_get(predictor(params, device_preprocess.model_input(batch), active,
+                                 batch['num_frames']))
+  full = parallel.global_to_host(batch) if jax.process_count() > 1 else host_batch
+  count = 0
+  for b in range(full['num_frames'].shape[0]):
+    if not full['padding_mask'][b]:
+      continue
+    t = int(full['num_frames'][b])
+    pred = out['ids'][b:b + 1, :t]
+    true = full['segmentations'][b:b + 1, :t]
+    _add_video_scores(scores, pred, true, config)
+    count += 1
+    if len(figures) < config.train.image_summaries:
+      figures.append(_clip_figure(device_preprocess.host_video(full, b, config)[:t], pred[0],
+                                  true[0], out['masks'][b, :t], out['error'][b, :t]))
+  return count
 
 
 def _add_video_scores(scores: dict, pred: np.ndarray, true: np.ndarray, config) -> None:
@@ -126,7 +156,8 @@ def _write(workdir: str, step: int, results: dict, settings: dict, figures: list
     return
   out_dir = epath.Path(workdir) / 'eval'
   out_dir.mkdir(parents=True, exist_ok=True)
-  payload = json.dumps({'metrics': results, 'settings': settings}, indent=2)
+  payload = json.dumps({'metrics': results, 'units': {k: UNITS[k] for k in results if k in UNITS},
+                        'settings': settings}, indent=2)
   (out_dir / f'metrics_step_{step}.json').write_text(payload)
   (out_dir / 'metrics_latest.json').write_text(payload)
   if figures:
@@ -147,19 +178,18 @@ def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
   from slotcurri_jax import checkpoint as checkpoint_lib
   from slotcurri_jax import train
   from slotcurri_jax.models import encoders
-  pipeline.check_available(config, splits=('validation',))
-  mesh = parallel.mesh_from_config(config)
-  run = train.Run.from_config(config)
-  model = run.model
-  params = dict(checkpoint_lib.load_params(checkpoint, config))
-  if 'encoder' not in params:  # imported reference checkpoints may leave out the frozen backbone
-    pretrained = encoders.load_encoder_params(config)
-    if pretrained is not None:
-      params['encoder'] = pretrained
-  checkpoint_lib.check_params(model, params, config, checkpoint)
+  with cli.user_errors():  # bad config values, missing data, weights or checkpoint
+    pipeline.check_available(config, splits=('validation',))
+    mesh = parallel.mesh_from_config(config)
+    run = train.Run.from_config(config)
+    params, step = checkpoint_lib.load_params_and_step(checkpoint)
+    params = dict(params)
+    if 'encoder' not in params:  # imported reference checkpoints may leave out the frozen backbone
+      pretrained = encoders.load_encoder_params(config)
+      if pretrained is not None:
+        params['encoder'] = pretrained
+    checkpoint_lib.check_params(run.model, params, config, checkpoint)
   params = jax.device_put(params, parallel.replicated(mesh))
-  is_file = epath.Path(checkpoint).is_file()  # an imported params file has no step
-  step = 0 if is_file else int(checkpoint_lib.resolve_step_dir(checkpoint).name)
   state = _EvalState(params=params, step=jnp.asarray(step))
   return evaluate(config, make_predictor(config, run, mesh), state, mesh, workdir=workdir,
                   max_batches=-1)

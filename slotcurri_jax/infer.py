@@ -27,8 +27,18 @@ Outputs in --output_dir:
   summary.png               up to 8 frames: frames, segmentation, each slot's mask, error
   slot_masks/frame_NNNNN.png  one tiled PNG per frame: a tile per slot showing the frame
                             through that slot's soft mask, under a bar of the slot's colour
-  masks_and_slots.npz       masks uint8 [T, R, R] slot ids; soft_masks float16 [T, K, h, w]
-                            decoder masks; slots float32 [T, K, D]; active_mask bool [K]; fps
+  masks_and_slots.npz       masks uint8 [T, H, W] slot ids at the input video's resolution
+                            (OUTSIDE = 255 left and right of / above and below the centre
+                            square the model saw); masks_model uint8 [T, R, R] at the model's
+                            resolution with --model_resolution_masks; soft_masks float16
+                            [T, K, h, w] decoder masks; slots float32 [T, K, D]; active_mask
+                            bool [K]; crop int32 [top, left, side] of the centre square; fps
+
+GIF and mp4 of the same frames give the model different pixels: a GIF holds at most 256
+colours per frame (palette quantisation, often dithered) and frame durations in 10 ms
+steps, while mp4 (H.264, yuv420p) subsamples colour 2x2 and compresses lossily. The
+masks of the two can therefore differ; feed the original frames (a folder of PNGs) when
+the comparison matters.
 """
 from __future__ import annotations
 
@@ -49,6 +59,7 @@ import numpy as np
 
 from slotcurri_jax import checkpoint as checkpoint_lib
 from slotcurri_jax import predict as predict_lib
+from slotcurri_jax import cli
 
 VIDEO_SUFFIXES = ('.mp4', '.webm', '.mov', '.mkv', '.avi', '.m4v')
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
@@ -56,6 +67,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_FPS = 10.0  # for frame folders, which carry no rate
 SUMMARY_FRAMES = 8
+OUTSIDE = 255  # input-resolution mask value of pixels outside the centre square
 
 
 # --------------------------------------------------------------------------- reading
@@ -242,7 +254,9 @@ def segment_video(model, params: Any, frames: np.ndarray, config, chunk_len: int
     active_mask = np.ones((config.model.max_slots,), bool)
   active = jnp.asarray(active_mask, bool)
   predictor = _predictor(model, rollout, config.data.resolution)
+  input_hw = frames.shape[1:3]
   frames = crop_square(frames)
+  side = frames.shape[1]
   total = len(frames)
   state = None
   pieces: list[dict] = []
@@ -257,6 +271,9 @@ def segment_video(model, params: Any, frames: np.ndarray, config, chunk_len: int
     pieces.append({k: v[:length] for k, v in jax.device_get(out).items()})
   result = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
   result['active_mask'] = np.asarray(active_mask, bool)
+  result['crop'] = np.asarray([(input_hw[0] - side) // 2, (input_hw[1] - side) // 2, side],
+                              np.int32)
+  result['input_hw'] = np.asarray(input_hw, np.int32)
   return result
 
 
@@ -266,10 +283,27 @@ def _predictor(model, rollout: str, resolution: int) -> predict_lib.Predictor:
   return predict_lib.Predictor(model, rollout=rollout, resolution=resolution)
 
 
+def masks_at_input(result: dict[str, np.ndarray]) -> np.ndarray:
+  """Slot ids uint8 [T, H, W] at the input video's resolution: the decoder masks upsampled
+  (bilinear, as for `ids`) to the centre square's side, argmax over the active slots, and
+  OUTSIDE where the model saw nothing."""
+  from slotcurri_jax import metrics as metrics_lib
+  masks, active = result['masks'], jnp.asarray(result['active_mask'])
+  top, left, side = (int(v) for v in result['crop'])
+  t, k = masks.shape[:2]
+  ids_at = jax.jit(lambda m: metrics_lib.masks_to_ids(m.reshape(1, 1, k, -1), active,
+                                                      (side, side))[0, 0])
+  out = np.full((t, *result['input_hw']), OUTSIDE, np.uint8)
+  for i in range(t):  # one frame at a time: [K, side, side] floats per frame only
+    out[i, top:top + side, left:left + side] = np.asarray(ids_at(masks[i]))
+  return out
+
+
 # --------------------------------------------------------------------------- outputs
 
 def write_outputs(output_dir: str | os.PathLike, result: dict[str, np.ndarray],
-                  fps: float = DEFAULT_FPS, overlay_format: str = 'mp4') -> dict[str, str]:
+                  fps: float = DEFAULT_FPS, overlay_format: str = 'mp4',
+                  model_resolution_masks: bool = False) -> dict[str, str]:
   """Write the files listed in the module docstring; returns name -> path."""
   if overlay_format not in ('mp4', 'gif'):
     raise ValueError(f'overlay_format must be "mp4" or "gif", got {overlay_format!r}')
@@ -310,33 +344,37 @@ def write_outputs(output_dir: str | os.PathLike, result: dict[str, np.ndarray],
   visualize.save_png(out / 'summary.png', figure)
   paths['summary'] = str(out / 'summary.png')
 
-  id_dtype = np.uint8 if k <= 256 else np.uint16
-  np.savez_compressed(out / 'masks_and_slots.npz', masks=ids.astype(id_dtype),
+  if k >= OUTSIDE:
+    raise ValueError(f'{k} slots do not fit uint8 slot ids with {OUTSIDE} for "outside"')
+  extra = {'masks_model': ids.astype(np.uint8)} if model_resolution_masks else {}
+  np.savez_compressed(out / 'masks_and_slots.npz', masks=masks_at_input(result), **extra,
                       soft_masks=masks.astype(np.float16), slots=result['slots'].astype(np.float32),
-                      active_mask=result['active_mask'], fps=np.float32(fps))
+                      active_mask=result['active_mask'], crop=result['crop'], fps=np.float32(fps))
   paths['npz'] = str(out / 'masks_and_slots.npz')
   return paths
 
 
 def run(config, checkpoint: str, video: str, output_dir: str, chunk_len: int = 24,
         rollout: str | None = None, fps: float | None = None, params: Any = None,
-        overlay_format: str = 'mp4') -> dict[str, str]:
+        overlay_format: str = 'mp4', model_resolution_masks: bool = False) -> dict[str, str]:
   """Read `video`, segment it with the checkpoint's params, write the outputs.
 
   params: use these instead of loading `checkpoint` (tests).
   """
   from slotcurri_jax.models import video_model
   rollout = rollout or config.eval.rollout
-  frames, source_fps = read_video(video)
-  check_frame_size(frames, config, source=str(video))
-  model = video_model.build_model(config)
-  if params is None:
-    params = checkpoint_lib.load_params(checkpoint, config)
-    checkpoint_lib.check_params(model, params, config, checkpoint)
+  with cli.user_errors():  # the video, the config or the checkpoint
+    frames, source_fps = read_video(video)
+    check_frame_size(frames, config, source=str(video))
+    model = video_model.build_model(config)
+    if params is None:
+      params = checkpoint_lib.load_params(checkpoint, config)
+      checkpoint_lib.check_params(model, params, config, checkpoint)
   logging.info('%s: %d frames of %dx%d, %s rollout in chunks of %d', video, len(frames),
                frames.shape[2], frames.shape[1], rollout, chunk_len)
   result = segment_video(model, params, frames, config, chunk_len, rollout, progress=True)
-  paths = write_outputs(output_dir, result, fps or source_fps or DEFAULT_FPS, overlay_format)
+  paths = write_outputs(output_dir, result, fps or source_fps or DEFAULT_FPS, overlay_format,
+                        model_resolution_masks)
   return paths
 
 
@@ -356,23 +394,23 @@ def _define_flags():
   flags.DEFINE_enum('rollout', None, ['forward', 'cyclic'], 'Default: config.eval.rollout.')
   flags.DEFINE_float('fps', None, 'Frame rate of the overlay video; default: the input\'s.')
   flags.DEFINE_enum('overlay_format', 'mp4', ['mp4', 'gif'], 'overlay.mp4 or overlay.gif.')
+  flags.DEFINE_bool('model_resolution_masks', False, 'Also write masks_model [T, R, R] (the '
+                    "model's resolution) next to masks [T, H, W] (the input's).")
 
 
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
-  config = _CONFIG.value
-  if config is None:
-    raise app.UsageError('--config is required, e.g. --config=configs/demo.py')
+  config = cli.config_value(_CONFIG)
   for name in ('checkpoint', 'video', 'output_dir'):
     if not f[name].value:
       raise app.UsageError(f'--{name} is required')
   paths = run(config, f.checkpoint, f.video, f.output_dir, f.chunk_len, f.rollout, f.fps,
-              overlay_format=f.overlay_format)
+              overlay_format=f.overlay_format, model_resolution_masks=f.model_resolution_masks)
   print(json.dumps(paths, indent=2))
 
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main)

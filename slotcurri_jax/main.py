@@ -8,6 +8,11 @@ r"""Train and evaluate SlotContrast / SlotCurri (+ SSync) from a config file.
 
 On a TPU pod, under SLURM, or with --coordinator_address, jax.distributed is
 initialised first; every host then runs the same program on its own data shard.
+
+User errors (a config key or value, missing data or weights, a bad checkpoint) end
+with one `error: ...` line on stderr and exit status 1; --debug shows the
+traceback (slotcurri_jax/cli.py). Ctrl-C or SIGTERM saves a checkpoint and exits;
+a second Ctrl-C exits at once.
 """
 from __future__ import annotations
 
@@ -19,6 +24,8 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from slotcurri_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                           lock_config=True)
@@ -46,7 +53,7 @@ def maybe_initialize_distributed(config) -> None:
   pid = _PROCESS_ID.value if _PROCESS_ID.value is not None else dc.process_id
   if address:
     if num is None or num < 1 or pid is None or pid < 0:
-      raise ValueError('--coordinator_address needs --num_processes and --process_id')
+      raise cli.UserError('--coordinator_address needs --num_processes and --process_id')
     jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=pid)
   elif int(os.environ.get('SLURM_NTASKS', '1')) > 1 or os.environ.get('TPU_WORKER_HOSTNAMES', '').count(','):
     jax.distributed.initialize()
@@ -57,9 +64,7 @@ def maybe_initialize_distributed(config) -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  config = _CONFIG.value
-  if config is None:
-    raise app.UsageError('--config is required, e.g. --config=configs/demo.py')
+  config = cli.config_value(_CONFIG)
   if not _WORKDIR.value:
     raise app.UsageError('--workdir is required')
   # TF (the input pipeline) must not take the accelerators away from JAX.
@@ -80,5 +85,4 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config'])
-  app.run(main)
+  cli.run(main)

@@ -22,7 +22,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import metric_writers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,6 +30,7 @@ import optax
 from etils import epath
 
 from slotcurri_jax import checkpoint as checkpoint_lib
+from slotcurri_jax import cli
 from slotcurri_jax import curriculum as curriculum_lib
 from slotcurri_jax import evaluate as evaluate_lib
 from slotcurri_jax import objective as objective_lib
@@ -100,6 +101,13 @@ def create_state(run: Run, mesh, rng: jax.Array, params: Any = None) -> tuple[Tr
     new['encoder'] = jax.tree.map(_place_from_host, pretrained, state.params['encoder'])
     state = state.replace(params=new)
   return state, shardings
+
+
+def params_template(run: Run) -> Any:
+  """The model's params as shapes (ShapeDtypeStructs), nothing allocated."""
+  active = jnp.ones((run.config.model.max_slots,), bool)
+  return jax.eval_shape(lambda: run.model.init(
+      jax.random.PRNGKey(0), run.spec.example_input(run.config), active)['params'])
 
 
 def _check_same_tree(given: Any, model: Any) -> None:
@@ -250,15 +258,19 @@ def stage_train_steps(run: Run, mesh, shardings, *, diagnostics: bool = False
 def train_and_evaluate(config, workdir: str, *, evaluate_at_end: bool = True) -> dict:
   """Train (resuming from workdir's last checkpoint) and evaluate; returns the final eval metrics."""
   workdir = epath.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  pipeline.check_available(config, splits=('train', 'validation') if evaluate_at_end else ('train',))
-  mesh = parallel.mesh_from_config(config)
-  run = Run.from_config(config)
+  with cli.user_errors():  # bad config values, missing data or weights
+    pipeline.check_available(config, splits=('train', 'validation') if evaluate_at_end else ('train',))
+    mesh = parallel.mesh_from_config(config)
+    run = Run.from_config(config)  # the encoder, model, curriculum and objective
   predictor = evaluate_lib.make_predictor(config, run, mesh)  # compiled once per run
+  workdir.mkdir(parents=True, exist_ok=True)
   ckpt = checkpoint_lib.Checkpointer(str(workdir), config)
-  ckpt.check_compatible()
+  ckpt.check_compatible(params_template(run))
 
-  state, shardings = create_state(run, mesh, jax.random.PRNGKey(config.seed))
+  # Missing or mismatched pretrained weights are the user's; other errors of the init are bugs.
+  with cli.user_errors(FileNotFoundError, ImportError, ValueError,
+                       match=r'weights|model\.encoder|not found'):
+    state, shardings = create_state(run, mesh, jax.random.PRNGKey(config.seed))
   if ckpt.latest_step() is not None:
     state = ckpt.restore(checkpoint_lib.abstract_like(state))
     logging.info('resumed from step %d', int(state.step))
@@ -270,7 +282,6 @@ def train_and_evaluate(config, workdir: str, *, evaluate_at_end: bool = True) ->
   if start_step == 0:
     writer.write_hparams(_flat_hparams(config))
   total_steps = config.train.steps
-  report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
   history_path = workdir / 'train_history.jsonl'
   if is_chief:
     _truncate_history(history_path, start_step)
@@ -279,17 +290,28 @@ def train_and_evaluate(config, workdir: str, *, evaluate_at_end: bool = True) ->
       pipeline.train_iterator(config, start_step=start_step), mesh, config.data.prefetch)
   pending: list[dict] = []
   final_metrics: dict = {}
-  with checkpoint_lib.PreemptionGuard() as guard:
+  with checkpoint_lib.PreemptionGuard() as guard, cli.progress_bar(
+      total_steps, start_step, desc='train', enabled=is_chief) as bar:
     step = start_step
+    in_flight = None  # metrics of the step dispatched before the newest one
     while step < total_steps:
       state, metrics = train_step_for(step)(state, next(batches))
       step += 1
+      # At most two steps in flight: the host never runs ahead of the device, so a
+      # signal is answered within one or two steps, and the bar counts computed steps.
+      if in_flight is not None:
+        jax.block_until_ready(in_flight)
+        bar.update(1)
+      in_flight = metrics
       pending.append(metrics)
-      report(step)
       if step % config.train.log_every_steps == 0 or step == total_steps:
-        scalars = _mean_metrics(pending)
+        scalars = _mean_metrics(pending)  # blocks on this step: the bar catches up
+        bar.update(step - bar.n)
         pending = []
-        writer.write_scalars(step, scalars)
+        bar.set_postfix(loss=f'{scalars["loss_total"]:.4g}', slots=int(scalars['active_slots']),
+                        refresh=False)
+        rate = None if bar.disable else bar.format_dict.get('rate')  # computed steps/s
+        writer.write_scalars(step, dict(scalars, **({'steps_per_sec': rate} if rate else {})))
         if is_chief:
           with history_path.open('a') as f:
             f.write(json.dumps({'step': step, **scalars}) + '\n')
@@ -297,8 +319,10 @@ def train_and_evaluate(config, workdir: str, *, evaluate_at_end: bool = True) ->
       if (step % config.train.checkpoint_every_steps == 0 or step == total_steps or preempted):
         ckpt.save(state, force=preempted)
       if preempted:
-        logging.warning('SIGTERM received: saved step %d, exiting', step)
         ckpt.close()
+        bar.update(step - bar.n)  # the saved step is computed
+        logging.warning('%s: saved step %d in %s; run the same command to resume',
+                        guard.signal_name, step, ckpt.directory)
         writer.flush()
         return {'preempted_at_step': step}
       if (config.train.eval_every_steps > 0 and step % config.train.eval_every_steps == 0

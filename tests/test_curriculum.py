@@ -52,10 +52,27 @@ def test_bad_schedules_raise(schedule, message):
     curriculum.build_schedule(_cc(schedule=schedule), 11, 100)
 
 
-def test_default_schedule_too_short_raises():
-  # floor(0.1 * 5) = 0: the first boundary would coincide with step 0.
-  with pytest.raises(ValueError, match='train.steps=5'):
-    curriculum.build_schedule(_cc(), 11, 5)
+@pytest.mark.parametrize('steps,expected', [
+    (10, ((0, 2), (1, 5), (2, 11))),
+    (9, ((0, 5), (2, 11))),  # floor(0.9) = 0: the 2-slot stage would last 0 steps
+    (5, ((0, 5), (1, 11))),
+    (4, ((0, 5), (1, 11))),
+    (3, ((0, 11),)),
+    (1, ((0, 11),)),
+])
+def test_short_runs_drop_empty_default_stages(steps, expected, caplog):
+  assert curriculum.build_schedule(_cc(), 11, steps) == expected
+  if steps < 10:
+    assert f'curriculum: train.steps={steps} leaves stages of 0 steps' in caplog.text
+  with pytest.raises(ValueError, match='train.steps=0; it must be at least 1'):
+    curriculum.build_schedule(_cc(), 11, 0)
+
+
+def test_default_boundaries_are_exact_floors():
+  for steps in (7, 10, 30, 99, 1000, 100_003, 300_000):
+    assert curriculum.build_schedule(_cc(), 11, steps)[-2:] == ((steps // 10, 5), (steps // 4, 11))
+  # 0.29 * 100 is 28.999999999999996 in floats; the boundary is floor(29) all the same.
+  assert curriculum.build_schedule(_cc(stage_fractions=(0.29,)), 4, 100) == ((0, 2), (29, 4))
 
 
 @pytest.mark.parametrize('old_count,expected', [

@@ -58,15 +58,18 @@ def _direct(model, params, config, frames, rollout, initial_state=None):
   return jax.device_get(out), np.asarray(ids)
 
 
-def _check_outputs(out_dir, paths, config, t):
+def _check_outputs(out_dir, paths, config, t, hw=(H, W)):
   k, r = config.model.max_slots, config.data.resolution
   grid = r // config.model.encoder.cnn_patch_size
   video = iio.imread(paths['overlay'], **({} if paths['overlay'].endswith('.gif')
                                            else {'plugin': 'FFMPEG'}))
   assert video.shape[:3] == (t, r, r) and video.shape[3] in (3, 4)
   with np.load(out_dir / 'masks_and_slots.npz') as z:
-    assert z['masks'].shape == (t, r, r) and z['masks'].dtype == np.uint8
-    assert z['masks'].max() < k
+    assert z['masks'].shape == (t, *hw) and z['masks'].dtype == np.uint8  # input resolution
+    top, left, side = z['crop']
+    inside = z['masks'][:, top:top + side, left:left + side]
+    assert inside.max() < k and side == min(hw)
+    assert np.all(np.delete(z['masks'], np.s_[left:left + side], axis=2) == infer.OUTSIDE)
     assert z['soft_masks'].shape == (t, k, grid, grid) and z['soft_masks'].dtype == np.float16
     np.testing.assert_allclose(z['soft_masks'].astype(np.float32).sum(1), 1.0, atol=1e-2)
     assert z['slots'].shape == (t, k, config.model.slot_dim)
@@ -240,12 +243,13 @@ def test_command_line(setup, tmp_path):
   proc = subprocess.run(
       [sys.executable, '-m', 'slotcurri_jax.infer', f'--config={REPO / "configs" / "demo.py"}',
        f'--checkpoint={ckpt}', f'--video={gif}', f'--output_dir={tmp_path / "out"}',
-       '--chunk_len=2', '--rollout=cyclic', *overrides],
+       '--chunk_len=2', '--rollout=cyclic', '--model_resolution_masks', *overrides],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert '"overlay"' in proc.stdout
   with np.load(tmp_path / 'out' / 'masks_and_slots.npz') as z:
-    assert z['masks'].shape == (3, 16, 16)
+    assert z['masks'].shape == (3, H, W)
+    assert z['masks_model'].shape == (3, 16, 16)
     assert z['fps'] == 4.0
 
 

@@ -70,7 +70,7 @@ def test_incompatible_workdir_fails_early_and_keeps_its_checkpoints(data_dir, tm
   before = sorted(p.name for p in (tmp_path / 'checkpoints').iterdir())
   other = _config(data_dir, train__steps=3)
   other.model.slot_dim = 32
-  with pytest.raises(ValueError, match=r'incompatible.*model\.slot_dim'):
+  with pytest.raises(ValueError, match=r'(?s)of another method.*model\.slot_dim'):
     train.train_and_evaluate(other, str(tmp_path), evaluate_at_end=False)
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == before
 
@@ -80,8 +80,10 @@ def test_train_and_eval_writes_metrics_figures_and_logs(data_dir, tmp_path):
   results = train.train_and_evaluate(config, str(tmp_path), evaluate_at_end=True)
   for key in ('ari', 'mbo', 'image_ari', 'image_mbo', 'fragmentation'):
     assert key in results
-  assert 0.0 <= results['ari'] <= 1.0 or results['ari'] != results['ari']
+  assert 0.0 <= results['ari'] <= 100.0 or results['ari'] != results['ari']
   payload = json.loads((tmp_path / 'eval' / 'metrics_latest.json').read_text())
+  assert payload['metrics'] == results  # one convention: printed = written (x 100)
+  assert payload['units']['ari'] == 'video FG-ARI x 100'
   assert payload['settings']['rollout'] == 'cyclic'
   assert payload['settings']['num_videos'] == config.data.synthetic.num_validation
   assert list((tmp_path / 'eval').glob('figures_step_2/clip_0.png'))

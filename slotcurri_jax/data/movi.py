@@ -27,6 +27,7 @@ index floor((i + 0.5) * in / out).
 from __future__ import annotations
 
 import os
+import socket
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -141,19 +142,43 @@ def dataset_path(config) -> str:
   return f'{data_dir(config).rstrip("/")}/{config.data.name}/{MOVI_CONFIG}/{MOVI_VERSION}'
 
 
+LOCAL_COPY = '/data/tfds'  # suggested local data_dir when data_dir is a bucket
+
+
 def how_to_get(config) -> str:
+  """The copy command (to a local disk) and the flag that points at the copy."""
   root = data_dir(config).rstrip('/')
-  return (f'Copy {config.data.name} once (it is ~50-80 GB; reading the bucket mid-training is '
-          f'fragile):\n  mkdir -p {root}/{config.data.name} && gsutil -m cp -r '
-          f'gs://kubric-public/tfds/{config.data.name}/{MOVI_CONFIG} {root}/{config.data.name}/\n'
-          f'then pass --config.data.data_dir={root} (or use the bucket directly with '
+  local = LOCAL_COPY if root.startswith('gs://') else root
+  name = config.data.name
+  return (f'Copy {name} once to a local disk (it is ~50-80 GB; reading the bucket mid-training '
+          f'is fragile):\n  mkdir -p {local}/{name} && gsutil -m cp -r '
+          f'gs://kubric-public/tfds/{name}/{MOVI_CONFIG} {local}/{name}/\n'
+          f'then pass --config.data.data_dir={local} (or read the bucket directly with '
           f'--config.data.data_dir={DEFAULT_DATA_DIR}).')
+
+
+def _check_reachable(root: str, config) -> bool:
+  """Whether data_dir exists; a bucket this machine cannot reach is a user error."""
+  from slotcurri_jax import cli
+  if root.startswith('gs://'):
+    try:
+      socket.getaddrinfo('storage.googleapis.com', 443)
+    except OSError as e:
+      raise cli.mark(FileNotFoundError(
+          f'config.data.data_dir={root} cannot be reached from this machine (no route to '
+          f'Google Cloud Storage: {e}).\n{how_to_get(config)}')) from e
+  try:
+    return tf.io.gfile.exists(root)
+  except tf.errors.OpError as e:
+    raise cli.mark(FileNotFoundError(
+        f'config.data.data_dir={root} cannot be read ({type(e).__name__}: '
+        f'{e.message.splitlines()[0]}).\n{how_to_get(config)}')) from e
 
 
 def builder(config, *, prepare: bool = True) -> tfds.core.DatasetBuilder:
   """The TFDS builder of config.data.name (movi_c | movi_e | synthetic_movi).
 
-  MOVi: a read-only builder from the files; a missing directory raises
+  MOVi: a read-only builder from the files; a missing or unreachable directory raises
   FileNotFoundError naming the path and the copy command. synthetic_movi:
   generated into data_dir first unless it exists (prepare=True).
   """
@@ -164,7 +189,7 @@ def builder(config, *, prepare: bool = True) -> tfds.core.DatasetBuilder:
   if name not in MOVI_NAMES:
     raise ValueError(f'config.data.name={name!r} is not a MOVi dataset ({MOVI_NAMES})')
   root, path = data_dir(config), dataset_path(config)
-  if not tf.io.gfile.exists(root):
+  if not _check_reachable(root, config):
     raise FileNotFoundError(f'config.data.data_dir={root} does not exist.\n{how_to_get(config)}')
   if not tf.io.gfile.exists(f'{path}/dataset_info.json'):
     raise FileNotFoundError(

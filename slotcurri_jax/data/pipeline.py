@@ -19,19 +19,24 @@ uninterrupted job saw from step k on:
 
 Each host reads its own contiguous part of every split (split[a:b]). Records
 that fail to decode are reported with their video name, shard and index.
+Transient read errors (a flaky network filesystem) are retried with back-off from
+the element that failed (`_retrying`, data.read_retries), so they change no batch.
 """
 from __future__ import annotations
 
 import collections
 import itertools
 import math
-from typing import Any, Iterator, Sequence
+import time
+from typing import Any, Callable, Iterator, Sequence
 
+from absl import logging
 import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from slotcurri_jax import cli
 from slotcurri_jax import parallel
 from slotcurri_jax.data import movi
 from slotcurri_jax.data import ytvis
@@ -166,9 +171,9 @@ class _Records:
 
   def undecodable(self, shard, index, features, error) -> ValueError:
     name = features['metadata']['video_name'].numpy().decode()
-    return ValueError(
+    return cli.mark(ValueError(
         f'undecodable record in {self.split} of {self.builder.data_dir}: video {name!r}, '
-        f'record {int(index)} of {self.files[int(shard)]}: {getattr(error, "message", error)}')
+        f'record {int(index)} of {self.files[int(shard)]}: {getattr(error, "message", error)}'))
 
 
 def _find_bad_record(records: _Records, stream: tf.data.Dataset, transform, error):
@@ -181,9 +186,59 @@ def _find_bad_record(records: _Records, stream: tf.data.Dataset, transform, erro
       except tf.errors.OpError as e:
         raise records.undecodable(*element[-3:], e) from e
   except tf.errors.OpError as e:  # the shard itself is unreadable
-    raise ValueError(f'reading {records.split} of {records.builder.data_dir} failed: '
-                     f'{e.message}') from e
+    raise cli.mark(ValueError(f'reading {records.split} of {records.builder.data_dir} failed: '
+                              f'{e.message}')) from e
   raise error
+
+
+# --------------------------------------------------------------------------- transient errors
+
+# Errors of a flaky network filesystem (GCS mid-epoch), worth a retry; DataLoss and
+# InvalidArgument (a corrupt record) are not.
+TRANSIENT_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                    tf.errors.AbortedError, tf.errors.InternalError, tf.errors.UnknownError)
+
+
+def _next(iterator):
+  """next(iterator): one place for tests to inject read failures."""
+  return next(iterator)
+
+
+def _sleep(seconds: float) -> None:
+  time.sleep(seconds)
+
+
+def _retrying(open_at: Callable[[int], Iterator], records: _Records, config) -> Iterator:
+  """Elements of open_at(0); a transient read error reopens the stream at the element that
+  failed (open_at(position)) after a back-off, up to data.read_retries times in a row, then
+  raises a user error naming the file. Other errors propagate."""
+  retries, backoff = int(config.data.read_retries), float(config.data.read_backoff_s)
+  position, failures = 0, 0
+  iterator = open_at(0)
+  while True:
+    try:
+      element = _next(iterator)
+    except StopIteration:
+      return
+    except TRANSIENT_ERRORS as e:
+      failures += 1
+      where = next((f for f in records.files if f in e.message), None)
+      if failures > retries:
+        raise cli.mark(OSError(
+            f'reading {where or records.split + " of " + str(records.builder.data_dir)} failed '
+            f'{failures} times in a row ({type(e).__name__}: {e.message.splitlines()[0]}). '
+            'Check the connection, or copy the data to a local disk and point '
+            '--config.data.data_dir at it.')) from e
+      delay = backoff * 2 ** (failures - 1)
+      logging.warning('reading %s failed (%s: %s); retry %d of %d in %.0f s',
+                      where or records.split, type(e).__name__, e.message.splitlines()[0],
+                      failures, retries, delay)
+      _sleep(delay)
+      iterator = open_at(position)
+      continue
+    failures = 0
+    position += 1
+    yield element
 
 
 # --------------------------------------------------------------------------- training
@@ -226,9 +281,12 @@ def train_iterator(config, *, start_step: int = 0, process_index: int | None = N
     return (module.train_example_raw if config.data.preprocess_on_device
             else module.train_example)(features, seed, config)
 
-  ds = undecoded().map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  iterator = ds.as_numpy_iterator()
+  def batches_from(b):  # the stream from batch b on
+    ds = undecoded().skip(b * batch).map(transform, num_parallel_calls=tf.data.AUTOTUNE,
+                                         deterministic=True)
+    return ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+
+  iterator = _retrying(batches_from, records, config)
   for b in itertools.count():
     try:
       out = next(iterator)
@@ -238,6 +296,14 @@ def train_iterator(config, *, start_step: int = 0, process_index: int | None = N
 
 
 # --------------------------------------------------------------------------- evaluation
+
+def num_eval_batches(config, process_count: int | None = None) -> int:
+  """How many batches `eval_iterator` yields (the same on every host)."""
+  _, n = _processes(None, process_count)
+  batch = config.data.eval_batch_size // n
+  total = _eval_count(_builder(config), config)
+  return math.ceil(max(b - a for a, b in (_host_range(total, q, n) for q in range(n))) / batch)
+
 
 def eval_iterator(config, *, process_index: int | None = None,
                   process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
@@ -277,9 +343,11 @@ def eval_iterator(config, *, process_index: int | None = None,
     out['video_name'] = features['metadata']['video_name']
     return out
 
-  ds = records.in_order().map(transform, num_parallel_calls=tf.data.AUTOTUNE,
-                              deterministic=True).prefetch(2)
-  iterator = ds.as_numpy_iterator()
+  def videos_from(i):  # the stream from video i on
+    return records.in_order().skip(i).map(transform, num_parallel_calls=tf.data.AUTOTUNE,
+                                          deterministic=True).prefetch(2).as_numpy_iterator()
+
+  iterator = _retrying(videos_from, records, config)
   for b in range(num_batches):
     videos = []
     for i in range(b * batch, min((b + 1) * batch, records.size)):

@@ -8,7 +8,6 @@ the MOVi reader in `movi.py` reads it unchanged:
   segmentations       [T, H, W, 1] uint8, 0 = background, id = instance index + 1
   forward_flow, backward_flow  [T, H, W, 2] uint16 (Δrow, Δcol), `metadata.*_flow_range`
   depth               [T, H, W, 1] uint16, `metadata.depth_range`
-  normal, object_coordinates   [T, H, W, 3] uint16
   metadata            video_name, width, height, num_frames, num_instances, ranges
   instances           sorted by total visibility, descending: visibility, bboxes,
                       bbox_frames, positions, ... (MOVi-C's instance features)
@@ -18,6 +17,12 @@ Differences from MOVi that a reader does not see: the flows are stored
 zlib-compressed (MOVi stores them raw, the decoded tensors are identical in
 dtype and shape), instance `category` is always "None", and the 3-D quantities
 (positions, bboxes_3d, ...) are in normalised image units plus a depth.
+
+Features of MOVi that are not generated (nothing in slotcurri_jax reads them; a
+reader asking for them gets a KeyError): `normal` and `object_coordinates`
+(MOVi: [T, H, W, 3] uint16 PNGs; the flat 2-D shapes here have neither surface
+normals nor 3-D object coordinates) and MOVi-E's `instances/is_dynamic` (every
+object here moves; MOVi-E also has static ones).
 
 Scenes: a static textured background (gradients, stripes, checkers, smooth
 noise) and 3-10 objects (configurable up to 23) of seven shapes (ellipse,

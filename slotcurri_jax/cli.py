@@ -1,0 +1,271 @@
+"""What the command-line programs share: user errors as one message, quiet library logs.
+
+A *user error* is a problem with the user's input (a config key or value, missing
+data or weights, a bad checkpoint or video): `run` prints its message alone on
+stderr and exits with status 1, no traceback. `--debug` (or SLOTCURRI_DEBUG=1)
+shows the traceback too. Any other exception is an internal error and keeps its
+traceback.
+
+Code marks an error as the user's by raising `UserError`, or by raising any
+exception inside `with user_errors(...)`, which marks exceptions of the given
+types (keeping their type, so callers that catch ValueError still do).
+
+Library chatter: INFO lines that absl logging receives from outside slotcurri_jax
+(orbax, TFDS, etils) and TensorFlow's C++ INFO/WARNING lines are hidden unless
+--verbosity >= 1 (absl's own flag, `-v 1`).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging as py_logging
+import os
+import pathlib
+import re
+import shutil
+import sys
+from typing import Callable, Iterator
+
+from absl import app
+from absl import flags
+from absl import logging
+
+DEBUG_ENV = 'SLOTCURRI_DEBUG'
+_PACKAGE_DIR = str(pathlib.Path(__file__).resolve().parent)
+_DEBUG = flags.DEFINE_bool('debug', False, 'Show the traceback of user errors too '
+                           f'(or set {DEBUG_ENV}=1).')
+
+
+class UserError(ValueError):
+  """A problem with the user's input; the message names it and the fix."""
+
+
+def mark(error: BaseException) -> BaseException:
+  """Mark `error` as a user error (returns it, for `raise mark(ValueError(...))`)."""
+  error.slotcurri_user_error = True
+  return error
+
+
+def is_user_error(error: BaseException) -> bool:
+  return isinstance(error, UserError) or getattr(error, 'slotcurri_user_error', False)
+
+
+@contextlib.contextmanager
+def user_errors(*types: type[BaseException], match: str | None = None) -> Iterator[None]:
+  """Exceptions of `types` raised inside are the user's (their type is kept); with
+  `match`, only those whose message matches that regex (the rest stay internal)."""
+  types = types or (ValueError, FileNotFoundError, NotADirectoryError, ImportError)
+  try:
+    yield
+  except types as e:
+    if match is None or re.search(match, message(e)):
+      mark(e)
+    raise
+
+
+def message(error: BaseException) -> str:
+  """The text of an exception without its type (KeyError's quotes removed)."""
+  if len(error.args) == 1 and isinstance(error.args[0], str):
+    text = error.args[0]
+  else:
+    text = str(error)
+  return text.strip() or type(error).__name__
+
+
+def _debug_requested(argv: list[str] | None = None) -> bool:
+  if os.environ.get(DEBUG_ENV, '') not in ('', '0'):
+    return True
+  if flags.FLAGS.is_parsed():
+    return _DEBUG.value
+  return any(a in ('--debug', '--debug=true', '--debug=True') for a in (argv or sys.argv))
+
+
+def fail(text: str, status: int = 1) -> None:
+  """Print `error: text` on stderr and exit with `status`."""
+  sys.stderr.flush()
+  print(f'error: {text}', file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+# --------------------------------------------------------------------------- flag parsing
+
+def _chain(error: BaseException) -> list[BaseException]:
+  """error, then what caused it, then what caused that, ..."""
+  seen = []
+  while error is not None and error not in seen:
+    seen.append(error)
+    error = error.__cause__ or error.__context__
+  return seen
+
+
+def _without_traceback(text: str) -> str:
+  """Replace a traceback quoted inside a message by its last line (the error itself)."""
+  head, sep, tail = text.partition('Traceback (most recent call last):')
+  if not sep:
+    return text
+  lines = [l for l in tail.splitlines() if l.strip() and not l.startswith(' ')]
+  return f'{head.strip()} {lines[-1].strip() if lines else ""}'.strip()
+
+
+def describe_config_error(error: BaseException) -> str:
+  """A config file that failed to load (ml_collections reports it on first access)."""
+  text = message(error)
+  path = re.search(r'Attempted \[.*?\]:\s*\n\s*(\S+)\s*\n\s*(.+)', text)
+  if path:
+    return f'config file {path.group(1)} cannot be loaded: {path.group(2).strip()}'
+  return _without_traceback(text.replace('Configuration is not available because of an '
+                                         'earlier failure to load: ', ''))
+
+
+def describe_flag_error(error: BaseException, argv: list[str]) -> str:
+  """One message for a failure while parsing flags (config file, overrides)."""
+  for e in _chain(error):
+    text = _without_traceback(message(e))
+    text = re.sub(r"^'+|'+$", '', text.replace("\\'", "'").replace('\\n', '\n'))
+    suggestion = re.search(r"'?(\w+)'?\s*\nDid you mean \"(\w+)\" instead of \"\w+\"\?", text)
+    if suggestion:
+      wrong, right = suggestion.groups()
+      given = next((a for a in argv if re.search(rf'\.{wrong}(=|$)', a)), f'.{wrong}')
+      return (f'unknown config key {wrong!r} in {given}: did you mean {right!r}? '
+              '(every key is declared in slotcurri_jax/config.py)')
+  # The innermost non-empty message names the problem (e.g. an unknown variant);
+  # flags' own errors ("flag --x=y: ...") name the flag and are kept whole.
+  for e in _chain(error):
+    if isinstance(e, flags.Error) and message(e) not in ('', type(e).__name__):
+      return _without_traceback(message(e))
+  for e in reversed(_chain(error)):
+    text = _without_traceback(message(e))
+    if text and text != type(e).__name__:
+      return text
+  return f'bad command line: {type(error).__name__}'
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # config files and overrides raise many types
+    if _debug_requested(argv):
+      raise
+    fail(describe_flag_error(e, argv) + '\n(see --helpshort for the flags)')
+
+
+def config_value(config_flag):
+  """The ConfigDict of a config_flags flag; a file that failed to load is a user error."""
+  config = config_flag.value
+  if config is None:
+    raise app.UsageError('--config is required, e.g. --config=configs/demo.py')
+  try:
+    config.get('method')  # ml_collections raises here for a file that did not load
+  except OSError as e:
+    raise UserError(describe_config_error(e)) from e
+  return config
+
+
+# --------------------------------------------------------------------------- running
+
+# The training metrics line ("[50] loss_total=...") is logged by clu's LoggingWriter.
+_METRIC_LINES = f'{os.sep}clu{os.sep}metric_writers{os.sep}'
+# Libraries whose warnings are internal notes (deprecations, metadata files), not the user's.
+_CHATTY = tuple(f'{os.sep}{name}{os.sep}' for name in
+                ('orbax', 'etils', 'tensorflow', 'tensorflow_datasets'))
+
+
+class _QuietLibraries(py_logging.Filter):
+  """Unless --verbosity >= 1, drops INFO records from outside slotcurri_jax and the
+  WARNING records of the checkpoint and data libraries (_CHATTY)."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    if (record.levelno >= py_logging.ERROR or logging.get_verbosity() >= 1
+        or record.pathname.startswith(_PACKAGE_DIR)):
+      return True
+    if _METRIC_LINES in record.pathname:  # scalars yes; the hparams dump and image notes no
+      return bool(re.match(r'\[\d+\] [\w/.]+=', record.getMessage()))
+    return record.levelno >= py_logging.WARNING and not any(
+        part in record.pathname for part in _CHATTY)
+
+
+def quiet_libraries() -> None:
+  """Hide library chatter unless --verbosity >= 1 (call after flag parsing, before TF loads).
+
+  TensorFlow 2.21 prints its C++ start-up lines (oneDNN, absl::InitializeLog) while it
+  is imported, whatever TF_CPP_MIN_LOG_LEVEL says, so it is imported here with file
+  descriptor 2 pointed at /dev/null; Python errors of the import still propagate.
+  """
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
+    handler.addFilter(_QuietLibraries())
+  if logging.get_verbosity() >= 1 or 'tensorflow' in sys.modules:
+    return
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  sys.stderr.flush()
+  saved = os.dup(2)
+  try:
+    with open(os.devnull, 'w') as null:
+      os.dup2(null.fileno(), 2)
+      import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
+def run(main: Callable[[list[str]], None], argv: list[str] | None = None) -> None:
+  """absl's app.run(main) with user errors printed as one message (see module doc)."""
+  argv = list(sys.argv if argv is None else argv)
+  sys.argv = argv  # ml_collections' config flag reads its overrides from sys.argv
+
+  def wrapped(args):
+    quiet_libraries()
+    try:
+      return main(args)
+    except app.UsageError as e:
+      if _debug_requested():
+        raise
+      fail(f'{message(e)} (see --helpshort)')
+    except KeyboardInterrupt:
+      if _debug_requested():
+        raise
+      fail('interrupted (a second Ctrl-C): exited at once, without saving', status=130)
+    except BaseException as e:  # SystemExit passes: it is not marked
+      if not is_user_error(e) or _debug_requested():
+        raise
+      fail(message(e))
+
+  app.run(wrapped, argv=argv, flags_parser=_parse_flags)
+
+
+# --------------------------------------------------------------------------- progress bars
+
+class _BarSafeStream:
+  """A stream for absl's log handler that prints above the progress bars (tqdm.write)."""
+
+  def write(self, text: str) -> None:
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    tqdm.write(text, file=sys.stderr, end='')
+
+  def flush(self) -> None:
+    sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def progress_bar(total: int | None, initial: int = 0, desc: str = '', unit: str = 'step',
+                 enabled: bool = True):
+  """A tqdm bar on stderr (rate and ETA from its updates), with log lines printed above it.
+
+  Off a terminal (logs to a file) it refreshes every 30 s instead of several times a second.
+  """
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  tty = sys.stderr.isatty()
+  # shutil falls back to $COLUMNS/$LINES or 100x20 where a terminal reports 0x0 (a bare
+  # pty), in which tqdm would hide the bar.
+  size = shutil.get_terminal_size((100, 20))
+  bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled,
+             file=sys.stderr, mininterval=0.5 if tty else 30.0, smoothing=0.1,
+             ncols=size.columns if tty else None, nrows=size.lines if tty else None)
+  handler = logging.get_absl_handler().python_handler
+  previous = handler.stream
+  if enabled:
+    handler.stream = _BarSafeStream()
+  try:
+    yield bar
+  finally:
+    handler.stream = previous
+    bar.close()

@@ -1,0 +1,33 @@
+"""The DINOv2 weights' automatic download, offline: the hub call returns a local file."""
+import jax
+import numpy as np
+from safetensors.numpy import save_file
+
+from test_dinov2 import _to_hugging_face, fixture_variant, vit_fixture  # noqa: F401  (fixtures)
+
+from slotcurri_jax.models import dinov2
+from slotcurri_jax.models import encoders
+
+
+def test_missing_weights_are_downloaded_converted_and_cached(fixture_variant, vit_fixture,
+                                                             tmp_path, monkeypatch):
+  import huggingface_hub  # installed by requirements.txt
+  _, state_dict, _ = vit_fixture
+  hub_file = tmp_path / 'hub' / 'model.safetensors'
+  hub_file.parent.mkdir()
+  save_file(_to_hugging_face(state_dict), str(hub_file))
+  calls = []
+
+  def fake_download(repo_id, filename, **kwargs):
+    calls.append((repo_id, filename))
+    return str(hub_file)
+
+  monkeypatch.setattr(huggingface_hub, 'hf_hub_download', fake_download)
+  monkeypatch.delenv('HF_HUB_OFFLINE', raising=False)
+  monkeypatch.setattr(encoders, 'DEFAULT_WEIGHTS_DIR', tmp_path / 'cache')
+  params = encoders.load_encoder_params(fixture_variant)
+  assert calls == [('test/vit-fixture', 'model.safetensors')]
+  assert (tmp_path / 'cache' / 'vit_fixture.npz').exists()
+  jax.tree.map(np.testing.assert_array_equal, params, dinov2.state_dict_to_params(state_dict))
+  encoders.load_encoder_params(fixture_variant)  # the cached, converted file
+  assert len(calls) == 1
