@@ -55,16 +55,16 @@ def _flaky(monkeypatch, failures: int, at_call: int, path: str = 'gs://bucket/sh
 def test_transient_read_errors_are_retried_without_changing_a_batch(tiny_data_dir, monkeypatch,
                                                                    caplog):
   config = _config(tiny_data_dir)
-  want = [b['video'] for _, b in zip(range(3), pipeline.train_iterator(config))]
+  want = [b['frames'] for _, b in zip(range(3), pipeline.train_iterator(config))]
   sleeps = _flaky(monkeypatch, failures=2, at_call=2)
-  got = [b['video'] for _, b in zip(range(3), pipeline.train_iterator(config))]
+  got = [b['frames'] for _, b in zip(range(3), pipeline.train_iterator(config))]
   assert sleeps == [2.0, 4.0]  # back-off doubles
   for a, b in zip(want, got):
     np.testing.assert_array_equal(a, b)
   assert 'retry 1 of 2 in 2 s' in caplog.text and 'retry 2 of 2 in 4 s' in caplog.text
-  eval_want = next(pipeline.eval_iterator(config))['video']
+  eval_want = next(pipeline.eval_iterator(config))['frames']
   _flaky(monkeypatch, failures=1, at_call=3)
-  np.testing.assert_array_equal(next(pipeline.eval_iterator(config))['video'], eval_want)
+  np.testing.assert_array_equal(next(pipeline.eval_iterator(config))['frames'], eval_want)
 
 
 def test_persistent_read_errors_give_up_naming_the_file(tiny_data_dir, monkeypatch):
