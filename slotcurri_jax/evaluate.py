@@ -26,8 +26,9 @@ from slotcurri_jax import curriculum as curriculum_lib
 from slotcurri_jax import parallel
 from slotcurri_jax import predict as predict_lib
 from slotcurri_jax.data import device_preprocess
-from slotcurri_jax.data import movi
+from slotcurri_jax.data import datasets
 from slotcurri_jax.data import pipeline
+from slotcurri_jax.data import transforms
 
 # One convention everywhere (printed, logged, JSON, TensorBoard), the papers' and the
 # README's: FG-ARI and mBO x 100; `UNITS` is written next to the metrics in the JSON.
@@ -124,7 +125,7 @@ def _score_batch(host_batch: dict, predictor, params, active, mesh, config, scor
 
 def _add_video_scores(scores: dict, pred: np.ndarray, true: np.ndarray, config) -> None:
   """pred, true: [1, T, H, W] int ids of one video."""
-  convention = 'ytvis' if config.data.name == 'ytvis' else 'movi'
+  convention = datasets.dataset_spec(config).metric_convention
   v = metrics_lib.video_scores(pred, true, ignore_background=bool(config.eval.ignore_background),
                                convention=convention)
   for k in ('ari', 'mbo', 'fragmentation'):
@@ -136,7 +137,7 @@ def _add_video_scores(scores: dict, pred: np.ndarray, true: np.ndarray, config) 
 
 def _denormalise(video: np.ndarray) -> np.ndarray:
   """[T, H, W, 3] ImageNet-normalised float -> uint8."""
-  mean, std = np.asarray(movi.IMAGENET_MEAN), np.asarray(movi.IMAGENET_STD)
+  mean, std = np.asarray(transforms.IMAGENET_MEAN), np.asarray(transforms.IMAGENET_STD)
   return np.clip((video * std + mean) * 255.0, 0, 255).astype(np.uint8)
 
 

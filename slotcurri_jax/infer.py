@@ -59,12 +59,12 @@ import numpy as np
 
 from slotcurri_jax import checkpoint as checkpoint_lib
 from slotcurri_jax import predict as predict_lib
+from slotcurri_jax.data import device_preprocess
 from slotcurri_jax import cli
 
 VIDEO_SUFFIXES = ('.mp4', '.webm', '.mov', '.mkv', '.avi', '.m4v')
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = device_preprocess.IMAGENET_MEAN, device_preprocess.IMAGENET_STD
 DEFAULT_FPS = 10.0  # for frame folders, which carry no rate
 SUMMARY_FRAMES = 8
 OUTSIDE = 255  # input-resolution mask value of pixels outside the centre square

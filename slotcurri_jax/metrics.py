@@ -214,7 +214,7 @@ def _fragmentation(table, ignore_background, inside, cover) -> np.ndarray:
 def _check_convention(convention: str) -> None:
   if convention not in CONVENTIONS:
     raise ValueError(f'convention={convention!r}; choose one of {CONVENTIONS} '
-                     "('ytvis' when config.data.name == 'ytvis', else 'movi')")
+                     "(the dataset spec's metric_convention, data/datasets.py)")
 
 
 def image_fg_ari(pred_ids, true_ids, ignore_background: bool = True,

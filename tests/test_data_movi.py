@@ -6,9 +6,10 @@ import tensorflow_datasets as tfds
 
 from conftest import tiny_config
 from slotcurri_jax.data import movi
+from slotcurri_jax.data import transforms
 from slotcurri_jax.data import pipeline
 
-MEAN, STD = np.asarray(movi.IMAGENET_MEAN), np.asarray(movi.IMAGENET_STD)
+MEAN, STD = np.asarray(transforms.IMAGENET_MEAN), np.asarray(transforms.IMAGENET_STD)
 
 
 def movi_config(data_dir):
@@ -32,7 +33,7 @@ def config(tmp_path_factory):
 @pytest.fixture(scope='session')
 def sources(config):
   """Stored videos of the train split, uint8 [N, 24, 32, 32, 3]."""
-  builder = movi.builder(config)
+  builder = movi.synthetic_builder(config)
   return np.stack([ex['video'] for ex in tfds.as_numpy(builder.as_dataset(split='train'))])
 
 
@@ -68,20 +69,20 @@ def expected_clip(frames, size):
 
 @pytest.mark.parametrize('in_size,out_size', [(128, 336), (32, 40), (320, 518), (40, 16), (7, 7)])
 def test_cubic_weights_match_pytorch_formula(in_size, out_size):
-  got = movi.cubic_weights(in_size, out_size).numpy()
+  got = transforms.cubic_weights(in_size, out_size).numpy()
   np.testing.assert_allclose(got, torch_bicubic_weights(in_size, out_size), atol=1e-6)
   np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-6)  # constants stay constant
   # a = -0.75, not TF's Keys a = -0.5: upsampling a step edge overshoots by PyTorch's amount.
   if (in_size, out_size) == (128, 336):
     step = np.repeat([0.0, 1.0], 64)[None, :, None].repeat(2, 0)
-    ours = movi.resize_bicubic(tf.constant(step, tf.float32), movi.cubic_weights(2, 2),
-                               movi.cubic_weights(128, 336))
+    ours = transforms.resize_bicubic(tf.constant(step, tf.float32), transforms.cubic_weights(2, 2),
+                               transforms.cubic_weights(128, 336))
     tf_keys = tf.image.resize(step[None], (2, 336), method='bicubic')[0]
     assert np.abs(ours.numpy() - tf_keys.numpy()).max() > 1e-3
 
 
 def test_nearest_exact_is_half_pixel():
-  index = movi.nearest_exact_indices(128, 336).numpy()
+  index = transforms.nearest_exact_indices(128, 336).numpy()
   np.testing.assert_array_equal(index, np.floor((np.arange(336) + 0.5) * 128 / 336).astype(int))
   assert index[10] == 4 and index[2] == 0 and index[-1] == 127
   # The legacy floor(i * in / out) differs.
@@ -124,7 +125,7 @@ def test_no_flip_when_flip_prob_is_zero(config, sources):
 
 
 def test_eval_batches_whole_videos_with_ids(config):
-  builder = movi.builder(config)
+  builder = movi.synthetic_builder(config)
   stored = list(tfds.as_numpy(builder.as_dataset(split='validation')))
   batches = list(pipeline.eval_iterator(config))
   assert len(batches) == 1

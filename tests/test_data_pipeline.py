@@ -90,7 +90,7 @@ def test_global_batches_sharded_over_8_devices(data_dir):
 
 def test_movi_reader_reads_prepared_files(data_dir, tmp_path):
   """movi_c is read with tfds.builder_from_directory: point it at synthetic_movi's files."""
-  source = movi.builder(_config(data_dir)).data_dir
+  source = movi.synthetic_builder(_config(data_dir)).data_dir
   shutil.copytree(source, tmp_path / 'movi_c' / '128x128' / '1.0.0')
   config = _config(tmp_path, name='movi_c')
   pipeline.check_available(config)
@@ -133,7 +133,7 @@ def test_empty_split_is_an_error_not_a_hang(data_dir, tmp_path):
 def _corrupt(data_dir, tmp_path, split, index):
   """A copy of the dataset whose video `index` of `split` has unreadable frames."""
   config = _config(data_dir)
-  source = movi.builder(config).data_dir
+  source = movi.synthetic_builder(config).data_dir
   copy = tmp_path / 'bad'
   target = copy / source.split('/pipeline_tfds/')[1]
   shutil.copytree(source, target)

@@ -6,11 +6,11 @@ import PIL.Image
 import pytest
 
 from conftest import tiny_config
-from slotcurri_jax.data import movi
+from slotcurri_jax.data import transforms
 from slotcurri_jax.data import pipeline
 from slotcurri_jax.data import ytvis
 
-MEAN, STD = np.asarray(movi.IMAGENET_MEAN), np.asarray(movi.IMAGENET_STD)
+MEAN, STD = np.asarray(transforms.IMAGENET_MEAN), np.asarray(transforms.IMAGENET_STD)
 SIZE = 12  # model resolution
 SHORT = 16  # pre-pass short side
 
@@ -163,8 +163,8 @@ def _centre(h, w):
 
 
 def _bicubic(frames, out_h, out_w):
-  out = movi.resize_bicubic(frames.astype(np.float32) / 255.0, movi.cubic_weights(
-      frames.shape[1], out_h), movi.cubic_weights(frames.shape[2], out_w))
+  out = transforms.resize_bicubic(frames.astype(np.float32) / 255.0, transforms.cubic_weights(
+      frames.shape[1], out_h), transforms.cubic_weights(frames.shape[2], out_w))
   return out.numpy()
 
 

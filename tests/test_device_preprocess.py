@@ -8,7 +8,7 @@ import pytest
 from conftest import tiny_config
 from slotcurri_jax import parallel
 from slotcurri_jax.data import device_preprocess
-from slotcurri_jax.data import movi
+from slotcurri_jax.data import transforms
 from slotcurri_jax.data import pipeline
 import test_data_ytvis as fake_ytvis
 
@@ -74,7 +74,7 @@ def test_weights_equal_the_host_weights(in_size, out_size, start):
   offset = max(int(np.floor(src[0])) - 1, 0)
   weights = device_preprocess.cubic_weights(in_size, out_size, start, offset, count,
                                             in_size - offset)
-  expected = movi.cubic_weights(in_size, out_size).numpy()[start:start + count, offset:]
+  expected = transforms.cubic_weights(in_size, out_size).numpy()[start:start + count, offset:]
   np.testing.assert_allclose(np.asarray(weights), expected, atol=1e-6, rtol=0)
 
 

@@ -256,12 +256,12 @@ def test_command_line(setup, tmp_path):
 def test_preprocess_matches_training_resize():
   """Upsampling equals the MOVi pipeline's PyTorch-bicubic resize; constants survive both ways."""
   tf = pytest.importorskip('tensorflow')
-  from slotcurri_jax.data import movi
+  from slotcurri_jax.data import transforms
   raw = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
   video, display = infer.preprocess(jnp.asarray(raw), 16)
   x = tf.cast(raw, tf.float32) / 255.0
-  weights = movi.cubic_weights(8, 16)
-  expected = movi.normalize(movi.resize_bicubic(x, weights, weights)).numpy()
+  weights = transforms.cubic_weights(8, 16)
+  expected = transforms.normalize(transforms.resize_bicubic(x, weights, weights)).numpy()
   np.testing.assert_allclose(np.asarray(video), expected, atol=1e-5)
   assert display.dtype == jnp.uint8 and display.shape == (2, 16, 16, 3)
   for side in (8, 40):  # up- and (antialiased) downsampling keep a flat frame flat

@@ -45,7 +45,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # = data/movi.py's
+# The ImageNet statistics every path normalises with (host transforms, inference too).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RAW_KEYS = ('frames', 'size', 'crop', 'flip')
 _CUBIC_A = -0.75

@@ -1,4 +1,4 @@
-"""The input pipelines: one entry point for MOVi-C/E, synthetic_movi and YT-VIS.
+"""The input pipelines: one entry point for every dataset of the registry (data/datasets.py).
 
   check_available(config)          before any compilation: data there, splits non-empty
   train_iterator(config, start_step=k)  infinite host-local numpy training batches
@@ -38,8 +38,7 @@ import tensorflow_datasets as tfds
 
 from slotcurri_jax import cli
 from slotcurri_jax import parallel
-from slotcurri_jax.data import movi
-from slotcurri_jax.data import ytvis
+from slotcurri_jax.data import datasets
 
 EVAL_SPLIT = 'validation'  # MOVi's validation split; YT-VIS's held-out videos
 _MAX_CYCLE = 16  # shards read concurrently
@@ -48,20 +47,9 @@ _STREAM_TRAIN, _STREAM_EPOCH = 1, 2  # fold-in tags of the two random streams
 
 # --------------------------------------------------------------------------- datasets
 
-def _module(config):
-  name = config.data.name
-  if name in movi.MOVI_NAMES or name == 'synthetic_movi':
-    return movi
-  if name == 'ytvis':
-    return ytvis
-  raise ValueError(f'config.data.name={name!r}; choose synthetic_movi, movi_c, movi_e or ytvis')
-
-
 def _builder(config) -> tfds.core.DatasetBuilder:
   """The prepared builder; raises FileNotFoundError with how to get the data."""
-  if config.data.name == 'ytvis':
-    return ytvis.prepare(config)
-  return movi.builder(config)
+  return datasets.dataset_spec(config).builder(config)
 
 
 def _processes(process_index, process_count) -> tuple[int, int]:
@@ -83,7 +71,7 @@ def _num_examples(builder, split: str, config) -> int:
   splits = builder.info.splits
   if split not in splits:
     raise ValueError(f'{config.data.name} in {builder.data_dir} has no split {split!r} '
-                     f'(it has {sorted(splits)}; synthetic_movi leaves out a split of 0 videos)')
+                     f'(it has {sorted(splits)}; a generated dataset leaves out an empty split)')
   count = splits[split].num_examples
   if count == 0:
     raise ValueError(f'split {split!r} of {config.data.name} in {builder.data_dir} is empty')
@@ -91,11 +79,10 @@ def _num_examples(builder, split: str, config) -> int:
 
 
 def _eval_count(builder, config) -> int:
-  """Evaluated videos: num_eval_videos (-1: all), and for YT-VIS eval.ytvis_num_videos (Q11)."""
+  """Evaluated videos: num_eval_videos (-1: all) and the dataset's own limit (YT-VIS:
+  eval.ytvis_num_videos, quirk 11)."""
   count = _num_examples(builder, EVAL_SPLIT, config)
-  limits = [config.data.num_eval_videos]
-  if config.data.name == 'ytvis':
-    limits.append(config.eval.ytvis_num_videos)
+  limits = [config.data.num_eval_videos, datasets.dataset_spec(config).eval_limit(config)]
   for limit in limits:
     if limit is not None and limit >= 0:
       count = min(count, limit)
@@ -257,14 +244,13 @@ def train_iterator(config, *, start_step: int = 0, process_index: int | None = N
     raise ValueError(f'config.data.batch_size={config.data.batch_size} does not split over '
                      f'{n} processes')
   batch = config.data.batch_size // n
-  module = _module(config)
-  builder = _builder(config)
+  spec = datasets.dataset_spec(config)
+  builder = spec.builder(config)
   start, stop = _host_range(_num_examples(builder, 'train', config), p, n)
-  records = _Records(builder, 'train', start, stop, module.TRAIN_DECODERS)
+  records = _Records(builder, 'train', start, stop, spec.train_decoders)
   if records.size == 0:
     raise ValueError(f'process {p} of {n} has no training examples in {builder.data_dir}')
-  buffer = (config.data.ytvis.shuffle_buffer if config.data.name == 'ytvis'
-            else config.data.shuffle_buffer)
+  buffer = spec.shuffle_buffer(config)
   key = tf.constant([config.seed, p], tf.int64)
   epoch_key = tf.random.experimental.stateless_fold_in(key, _STREAM_EPOCH)
   element_key = tf.random.experimental.stateless_fold_in(key, _STREAM_TRAIN)
@@ -278,8 +264,8 @@ def train_iterator(config, *, start_step: int = 0, process_index: int | None = N
 
   def transform(counter, shard, index, features):
     seed = tf.random.experimental.stateless_fold_in(element_key, counter)
-    return (module.train_example_raw if config.data.preprocess_on_device
-            else module.train_example)(features, seed, config)
+    return (spec.train_example_raw if config.data.preprocess_on_device
+            else spec.train_example)(features, seed, config)
 
   def batches_from(b):  # the stream from batch b on
     ds = undecoded().skip(b * batch).map(transform, num_parallel_calls=tf.data.AUTOTUNE,
@@ -326,20 +312,18 @@ def eval_iterator(config, *, process_index: int | None = None,
     raise ValueError(f'config.data.eval_batch_size={config.data.eval_batch_size} does not '
                      f'split over {n} processes')
   batch = config.data.eval_batch_size // n
-  module = _module(config)
-  builder = _builder(config)
+  spec = datasets.dataset_spec(config)
+  builder = spec.builder(config)
   total = _eval_count(builder, config)
   ranges = [_host_range(total, q, n) for q in range(n)]
   num_batches = math.ceil(max(b - a for a, b in ranges) / batch)
-  if config.data.name == 'ytvis':
-    fixed, lengths = None, [v['num_frames'] for v in ytvis.read_manifest(builder)['heldout']]
-  else:
-    fixed, lengths = builder.info.features['video'].shape[0], None
-  records = _Records(builder, EVAL_SPLIT, *ranges[p], module.EVAL_DECODERS)
+  lengths = spec.eval_lengths(builder)  # None: every video has the builder's length
+  fixed = builder.info.features['video'].shape[0] if lengths is None else None
+  records = _Records(builder, EVAL_SPLIT, *ranges[p], spec.eval_decoders)
 
   def transform(shard, index, features):
-    out = (module.eval_example_raw if config.data.preprocess_on_device
-           else module.eval_example)(features, config)
+    out = (spec.eval_example_raw if config.data.preprocess_on_device
+           else spec.eval_example)(features, config)
     out['video_name'] = features['metadata']['video_name']
     return out
 
@@ -355,7 +339,7 @@ def eval_iterator(config, *, process_index: int | None = None,
         videos.append(next(iterator))
       except tf.errors.OpError as e:
         _find_bad_record(records, records.in_order().skip(i).take(1), transform, e)
-      _check(videos[-1], config)
+      spec.check_video(videos[-1], videos[-1]['video_name'].decode(), config)
     if lengths is None:
       t_pad = fixed
     else:  # the longest video of this global batch (all hosts), rounded up to a multiple of 8
@@ -364,14 +348,6 @@ def eval_iterator(config, *, process_index: int | None = None,
       t_pad = int(math.ceil(longest / 8) * 8)
     pad = _pad_raw_batch if config.data.preprocess_on_device else _pad_batch
     yield pad(videos, batch, t_pad, config.data.resolution)
-
-
-def _check(video: dict, config) -> None:
-  name = video['video_name'].decode()
-  if config.data.name == 'ytvis':
-    ytvis.check_masks(int(video['num_channels']), int(video['max_overlap']), name, config)
-  else:
-    movi.check_ids(int(video['max_id']), name, config)
 
 
 def _pad_batch(videos: list[dict], batch: int, t_pad: int, size: int) -> dict[str, np.ndarray]:

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from slotcurri_jax.data import device_preprocess
+
+IMAGENET_MEAN, IMAGENET_STD = device_preprocess.IMAGENET_MEAN, device_preprocess.IMAGENET_STD
 _CUBIC_A = -0.75  # PyTorch's bicubic coefficient
 
 
@@ -100,3 +101,10 @@ def maybe_flip(clip: tf.Tensor, prob: float, seed: tf.Tensor) -> tf.Tensor:
     return clip
   flip = tf.random.stateless_uniform([], seed) < prob
   return tf.cond(flip, lambda: tf.reverse(clip, axis=[2]), lambda: clip)
+
+
+def flip_decision(prob: float, seed: tf.Tensor) -> tf.Tensor:
+  """The bool `maybe_flip` draws from `seed`."""
+  if prob <= 0:
+    return tf.constant(False)
+  return tf.random.stateless_uniform([], seed) < prob

@@ -55,7 +55,8 @@ import PIL.Image
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from slotcurri_jax.data import movi
+from slotcurri_jax.data import spec as spec_lib
+from slotcurri_jax.data import transforms
 
 DOWNLOAD_PAGE = 'https://youtube-vos.org/dataset/vis/'
 LAYOUT = ('<manual_dir>/train/instances.json and '
@@ -158,13 +159,13 @@ def prepass(image: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
   """[H, W, C] uint8 -> [h, w, C] uint8 by nearest-exact sampling or PyTorch bicubic."""
   height, width = image.shape[:2]
   if mode == 'nearest_exact':
-    rows = movi.nearest_exact_indices(height, size[0]).numpy()
-    cols = movi.nearest_exact_indices(width, size[1]).numpy()
+    rows = transforms.nearest_exact_indices(height, size[0]).numpy()
+    cols = transforms.nearest_exact_indices(width, size[1]).numpy()
     return image[rows][:, cols]
   if mode == 'bicubic':
-    out = movi.resize_bicubic(tf.constant(image, tf.float32) / 255.0,
-                              movi.cubic_weights(height, size[0]),
-                              movi.cubic_weights(width, size[1]))
+    out = transforms.resize_bicubic(tf.constant(image, tf.float32) / 255.0,
+                              transforms.cubic_weights(height, size[0]),
+                              transforms.cubic_weights(width, size[1]))
     return np.round(out.numpy() * 255.0).astype(np.uint8)
   raise ValueError(f'config.data.ytvis.prepass_resize={mode!r}; choose one of {PREPASS_MODES}')
 
@@ -312,7 +313,7 @@ def make_builder(config) -> Ytvis2021:
   builder_config = config_from_settings(y.num_heldout, y.prepass_short_side, y.prepass_resize)
   if builder_config.name in Ytvis2021.builder_configs:  # TFDS wants registered configs by name
     builder_config = builder_config.name
-  return Ytvis2021(config=builder_config, data_dir=movi.data_dir(config))
+  return Ytvis2021(config=builder_config, data_dir=spec_lib.data_dir(config, spec_lib.LOCAL_TFDS))
 
 
 def prepare(config) -> Ytvis2021:
@@ -357,20 +358,20 @@ def train_example(example: dict, seed: tf.Tensor, config) -> dict:
   offset_seed, crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
   encoded = example['video']
   num_frames = tf.shape(encoded)[0]
-  offset = movi.clip_offset(num_frames, clip_len, offset_seed)
+  offset = transforms.clip_offset(num_frames, clip_len, offset_seed)
   # A video shorter than the clip repeats its last frame.
-  frames = movi.decode_frames(encoded, tf.minimum(offset + tf.range(clip_len), num_frames - 1))
+  frames = transforms.decode_frames(encoded, tf.minimum(offset + tf.range(clip_len), num_frames - 1))
   height, width = tf.shape(frames)[1], tf.shape(frames)[2]
   new_h, new_w = _short_side(height, width, size)
   top_seed, left_seed = tf.unstack(tf.random.experimental.stateless_split(crop_seed, 2))
   top = tf.random.stateless_uniform([], top_seed, 0, new_h - size + 1, dtype=tf.int32)
   left = tf.random.stateless_uniform([], left_seed, 0, new_w - size + 1, dtype=tf.int32)
   # Only the rows/columns of the crop are computed: rows of a resize are independent.
-  rows = movi.cubic_weights(height, new_h)[top:top + size]
-  cols = movi.cubic_weights(width, new_w)[left:left + size]
-  clip = movi.resize_bicubic(tf.cast(frames, tf.float32) / 255.0, rows, cols)
-  clip = movi.maybe_flip(clip, config.data.flip_prob, flip_seed)
-  return {'video': tf.ensure_shape(movi.normalize(clip), [clip_len, size, size, 3])}
+  rows = transforms.cubic_weights(height, new_h)[top:top + size]
+  cols = transforms.cubic_weights(width, new_w)[left:left + size]
+  clip = transforms.resize_bicubic(tf.cast(frames, tf.float32) / 255.0, rows, cols)
+  clip = transforms.maybe_flip(clip, config.data.flip_prob, flip_seed)
+  return {'video': tf.ensure_shape(transforms.normalize(clip), [clip_len, size, size, 3])}
 
 
 def _centre_crop(height, width):
@@ -390,20 +391,20 @@ def eval_example(example: dict, config) -> dict:
   size = config.data.resolution
   encoded = example['video']
   num_frames = tf.shape(encoded)[0]
-  frames = movi.decode_frames(encoded, tf.range(num_frames))
+  frames = transforms.decode_frames(encoded, tf.range(num_frames))
   height, width = tf.shape(frames)[1], tf.shape(frames)[2]
   top, left, side = _centre_crop(height, width)
   frames = frames[:, top:top + side, left:left + side]
-  weights = movi.cubic_weights(side, size)
-  video = movi.resize_bicubic(tf.cast(frames, tf.float32) / 255.0, weights, weights)
+  weights = transforms.cubic_weights(side, size)
+  video = transforms.resize_bicubic(tf.cast(frames, tf.float32) / 255.0, weights, weights)
   # uint8 keeps [T, H, W, instances] small; a pixel's count cannot reach 256.
   masks = tf.cast(example['masks'][:, top:top + side, left:left + side] != 0, tf.uint8)
   count = tf.reduce_sum(masks, axis=-1)
   ids = tf.where(count > 0, tf.argmax(masks, axis=-1, output_type=tf.int32) + 1, 0)
-  index = movi.nearest_exact_indices(side, size)
-  overlap = movi.resize_nearest(count, index, index, axis=1)  # the evaluated pixels only
-  ids = movi.resize_nearest(ids, index, index, axis=1)
-  return {'video': movi.normalize(video), 'segmentations': ids, 'num_frames': num_frames,
+  index = transforms.nearest_exact_indices(side, size)
+  overlap = transforms.resize_nearest(count, index, index, axis=1)  # the evaluated pixels only
+  ids = transforms.resize_nearest(ids, index, index, axis=1)
+  return {'video': transforms.normalize(video), 'segmentations': ids, 'num_frames': num_frames,
           'num_channels': tf.shape(masks)[-1], 'max_overlap': tf.reduce_max(overlap)}
 
 
@@ -424,7 +425,7 @@ def raw_window(config) -> int:
 
 def _window_start(in_size, out_size, start, count: int, pad: int) -> tf.Tensor:
   """First stored pixel read by outputs start .. start + count - 1 (asserts the window fits)."""
-  scale = movi._torch_scale(in_size, out_size)
+  scale = transforms._torch_scale(in_size, out_size)
   ends = tf.cast(tf.stack([start, start + count - 1]), tf.float64)
   src = tf.cast(scale * (ends + 0.5) - 0.5, tf.float32)
   taps = tf.cast(tf.floor(src), tf.int32) + tf.constant([-1, 2])
@@ -443,8 +444,8 @@ def train_example_raw(example: dict, seed: tf.Tensor, config) -> dict:
   offset_seed, crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
   encoded = example['video']
   num_frames = tf.shape(encoded)[0]
-  offset = movi.clip_offset(num_frames, clip_len, offset_seed)
-  frames = movi.decode_frames(encoded, tf.minimum(offset + tf.range(clip_len), num_frames - 1))
+  offset = transforms.clip_offset(num_frames, clip_len, offset_seed)
+  frames = transforms.decode_frames(encoded, tf.minimum(offset + tf.range(clip_len), num_frames - 1))
   height, width = tf.shape(frames)[1], tf.shape(frames)[2]
   new_h, new_w = _short_side(height, width, size)
   top_seed, left_seed = tf.unstack(tf.random.experimental.stateless_split(crop_seed, 2))
@@ -458,7 +459,7 @@ def train_example_raw(example: dict, seed: tf.Tensor, config) -> dict:
   return {'frames': tf.ensure_shape(window, [clip_len, pad, pad, 3]),
           'size': tf.stack([height, width, new_h, new_w]),
           'crop': tf.stack([top, left, row0, col0]),
-          'flip': movi.flip_decision(config.data.flip_prob, flip_seed)}
+          'flip': transforms.flip_decision(config.data.flip_prob, flip_seed)}
 
 
 def eval_example_raw(example: dict, config) -> dict:
@@ -467,26 +468,39 @@ def eval_example_raw(example: dict, config) -> dict:
   size = config.data.resolution
   encoded = example['video']
   num_frames = tf.shape(encoded)[0]
-  frames = movi.decode_frames(encoded, tf.range(num_frames))
+  frames = transforms.decode_frames(encoded, tf.range(num_frames))
   height, width = tf.shape(frames)[1], tf.shape(frames)[2]
   top, left, side = _centre_crop(height, width)
   frames = frames[:, top:top + side, left:left + side]
   masks = tf.cast(example['masks'][:, top:top + side, left:left + side] != 0, tf.uint8)
   count = tf.reduce_sum(masks, axis=-1)
   ids = tf.where(count > 0, tf.argmax(masks, axis=-1, output_type=tf.int32) + 1, 0)
-  index = movi.nearest_exact_indices(side, size)
-  overlap = movi.resize_nearest(count, index, index, axis=1)
-  ids = movi.resize_nearest(ids, index, index, axis=1)
+  index = transforms.nearest_exact_indices(side, size)
+  overlap = transforms.resize_nearest(count, index, index, axis=1)
+  ids = transforms.resize_nearest(ids, index, index, axis=1)
   return {'frames': frames, 'size': tf.stack([side, side, size, size]),
           'crop': tf.zeros([4], tf.int32), 'flip': tf.constant(False),
           'segmentations': ids, 'num_frames': num_frames,
           'num_channels': tf.shape(masks)[-1], 'max_overlap': tf.reduce_max(overlap)}
 
 
-def check_masks(num_channels: int, max_overlap: int, video_name: str, config) -> None:
+def check_video(video: dict, video_name: str, config) -> None:
+  """An evaluation video's instance channels must fit max_instances, without overlaps."""
+  num_channels, max_overlap = int(video['num_channels']), int(video['max_overlap'])
   if num_channels > config.data.max_instances:
     raise ValueError(f'video {video_name!r} has {num_channels} instance channels > '
                      f'config.data.max_instances={config.data.max_instances} (25 for YT-VIS)')
   if max_overlap > 1:
     raise ValueError(f'video {video_name!r}: {max_overlap} instance masks overlap on one '
                      f'evaluated pixel; ids need disjoint masks')
+
+
+SPEC = spec_lib.DatasetSpec(
+    name='ytvis', builder=prepare, train_decoders=TRAIN_DECODERS, eval_decoders=EVAL_DECODERS,
+    train_example=train_example, train_example_raw=train_example_raw,
+    eval_example=eval_example, eval_example_raw=eval_example_raw, check_video=check_video,
+    shuffle_buffer=lambda config: config.data.ytvis.shuffle_buffer,
+    # The held-out videos vary in length (the manifest has them, in order).
+    eval_lengths=lambda builder: [v['num_frames'] for v in read_manifest(builder)['heldout']],
+    eval_limit=lambda config: config.eval.ytvis_num_videos,  # quirk 11
+    metric_convention='ytvis')

@@ -1,0 +1,58 @@
+"""What a dataset declares once, for the input pipeline and evaluation to call.
+
+Each dataset module (data/movi.py, data/ytvis.py) builds a `DatasetSpec`; the registry
+(data/datasets.py) maps `config.data.name` to it. `pipeline.py` and `evaluate.py` hold
+no dataset names: adding a dataset is one module with its spec, one registry entry
+and a `configs/<name>.py`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Optional
+
+import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """A dataset's interface.
+
+  builder(config): the prepared TFDS builder; raises FileNotFoundError that says how to
+    get the data (or generates it, synthetic_movi).
+  train_decoders, eval_decoders: TFDS decoders of the features each split needs.
+  train_example(example, seed, config): one training clip {'video': float32
+    [clip_len, R, R, 3]} (host path); train_example_raw: the same clip as uint8 frames at
+    the stored size plus its geometry (data/device_preprocess.py).
+  eval_example(example, config) / eval_example_raw: one whole video with its
+    segmentations [T, R, R] int32 ids, num_frames and what `check_video` reads.
+  check_video(video, video_name, config): raise on labels the config cannot hold.
+  shuffle_buffer(config): training shuffle-buffer size.
+  eval_lengths(builder): per-video lengths of the evaluation split in order, or None
+    when every video has the builder's fixed length.
+  eval_limit(config): at most this many evaluation videos (None: no limit of its own).
+  metric_convention: 'movi' | 'ytvis', how per-frame metrics count frames (metrics.py).
+  """
+  name: str
+  builder: Callable[[Any], Any]
+  train_decoders: Any
+  eval_decoders: Any
+  train_example: Callable[[dict, tf.Tensor, Any], dict]
+  train_example_raw: Callable[[dict, tf.Tensor, Any], dict]
+  eval_example: Callable[[dict, Any], dict]
+  eval_example_raw: Callable[[dict, Any], dict]
+  check_video: Callable[[dict, str, Any], None]
+  shuffle_buffer: Callable[[Any], int]
+  eval_lengths: Callable[[Any], Optional[list]]
+  eval_limit: Callable[[Any], Optional[int]]
+  metric_convention: str
+
+
+LOCAL_TFDS = '~/tensorflow_datasets'  # default data_dir of generated / prepared datasets
+
+
+def data_dir(config, default: str) -> str:
+  """config.data.data_dir, else `default` (a dataset's usual place)."""
+  if config.data.data_dir:
+    return config.data.data_dir
+  return os.path.expanduser(default)
