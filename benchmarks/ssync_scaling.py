@@ -1,6 +1,6 @@
 r"""SSync's losses against a dense all-pairs patch alignment, as the patch grid grows.
 
-SPEC §9.8: SSync's labels, merge, regions and losses cost O(B T K N) (merge
+docs/method.md §9.8: SSync's labels, merge, regions and losses cost O(B T K N) (merge
 O(B T K^2 N)), while the dense encoder-decoder patch contrast it replaces (SRL-style)
 builds a (g N) x (g N) similarity matrix per group of g frames, O(B T g N^2 D).
 

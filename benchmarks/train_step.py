@@ -10,7 +10,7 @@ Configurations (--configs, comma separated):
   demo               configs/demo.py: CNN encoder, 64 px, 8x8 patches, D_s 64, 7 slots,
                      decoder 256x3; batch 16.
   movi_c_slots       configs/movi_c.py's slot stack alone on precomputed backbone tokens
-                     [B, 4, 576, 384] (what ../shared/ANCHORS.md timed for PyTorch): the
+                     [B, 4, 576, 384] (what docs/method.md §13.5 timed for PyTorch): the
                      feature MLP, slot attention, predictor, decoder 1024x3, 11 slots; batch 8.
   movi_c_full        configs/movi_c.py with a random-init ViT-S/14 at 336 px (frozen
                      forward inside the step); batch 8.
@@ -70,7 +70,7 @@ GPU_BF16_PEAK = (
     ('A100', 312e12), ('L40S', 362e12), ('L4', 121e12), ('A10G', 70e12), ('V100', 125e12),
 )
 
-# ../shared/ANCHORS.md, PyTorch 2.13 CPU, 2 threads, float32, same machine kind.
+# docs/method.md §13.5, PyTorch 2.13 CPU, 2 threads, float32, same machine kind.
 # Speed: the faster of the two allocator settings; memory: the smaller.
 PYTORCH_ANCHORS = {
     ('demo', 16): {'s_per_step': 0.50, 'clips_per_s': 32.0, 'peak_gb': 0.9},
@@ -265,14 +265,17 @@ def _device_peak_bytes() -> int | None:
 
 # --------------------------------------------------------------------------- measurements
 
-def raw_batch(config, shape, seed: int = 0) -> dict:
+STORED_SIDE = {'demo': None, 'movi_c': 128}  # None: the config's data.synthetic.resolution
+
+
+def raw_batch(name: str, config, shape, seed: int = 0) -> dict:
   """A device-path batch (data/device_preprocess.py) for a video input of `shape`
-  [B, T, R, R, 3]: uint8 frames at the stored size (MOVi 128 px, the demo its
-  synthetic resolution), random flips; the step resizes them to R."""
+  [B, T, R, R, 3] of benchmark configuration `name`: uint8 frames at the stored size
+  (MOVi 128 px, the demo its synthetic resolution), random flips; the step resizes them."""
   import numpy as np
   rng = np.random.default_rng(seed)
   b, t, r = shape[0], shape[1], shape[2]
-  stored = config.data.synthetic.resolution if config.data.name == 'synthetic_movi' else 128
+  stored = STORED_SIDE.get(name, 128) or config.data.synthetic.resolution
   return {'frames': rng.integers(0, 256, (b, t, stored, stored, 3), dtype=np.uint8),
           'size': np.tile(np.asarray([stored, stored, r, r], np.int32), (b, 1)),
           'crop': np.zeros((b, 4), np.int32), 'flip': rng.uniform(size=b) < 0.5}
@@ -293,7 +296,7 @@ def measure_train(name: str, dtype: str, batch: int, steps: int, warmup: int,
   state, shardings = train.create_state(run, mesh, jax.random.PRNGKey(0))
   step = train.jit_train_step(run, mesh, shardings, num_slots=num_slots)
   if raw_input and run.spec.input_key == 'video':  # the step starts with the device resize
-    host_data = raw_batch(config, shape)
+    host_data = raw_batch(name, config, shape)
   else:
     host_data = {run.spec.input_key: np.random.default_rng(0).normal(size=shape).astype(np.float32)}
   data = parallel.host_to_global(host_data, mesh)

@@ -8,7 +8,7 @@ r"""MOVi-C: SlotCurri (default), SlotContrast, SSync, SlotCurri+SSync.
 Data: movi_c/128x128:1.0.0 under config.data.data_dir (default gs://kubric-public/tfds).
 Weights: DINOv2 ViT-S/14 (see README, "Weights").
 
-Expected video FG-ARI / video mBO on the 250 validation videos at 336 px (SPEC §13):
+Expected video FG-ARI / video mBO on the 250 validation videos at 336 px (docs/method.md §13):
   slotcurri        77.6 +- 0.9 / 32.8   (cyclic rollout)
   slotcontrast     69.3 / 32.7          (forward rollout)
   ssync            79.4 / 39.5          (forward rollout)

@@ -8,7 +8,7 @@ r"""MOVi-E: SlotCurri (default), SlotContrast, SSync, SlotCurri+SSync.
 Data: movi_e/128x128:1.0.0 under config.data.data_dir (default gs://kubric-public/tfds).
 Weights: DINOv2 ViT-B/14. 300k steps; curriculum 2 -> 7 -> 15 at 30k / 75k; SSync from 90k.
 
-Expected video FG-ARI / video mBO on the 250 validation videos at 336 px (SPEC §13):
+Expected video FG-ARI / video mBO on the 250 validation videos at 336 px (docs/method.md §13):
   slotcurri        83.7 +- 0.2 / 28.9
   slotcontrast     82.9 / 29.2
   ssync            84.0 / 34.8

@@ -7,10 +7,10 @@ r"""YouTube-VIS 2021: SlotCurri (default), SlotContrast, SSync, SlotCurri+SSync.
 
 Data: the official 2021 train split (train/JPEGImages + train/instances.json) in
 manual_dir; the last 300 videos are held out and the first 210 of them are scored
-(Q11; --config.eval.ytvis_num_videos=300 scores all). 518 px, 37x37 patches.
+(quirk 11; --config.eval.ytvis_num_videos=300 scores all). 518 px, 37x37 patches.
 Weights: DINOv2 ViT-B/14.
 
-Expected video FG-ARI / video mBO at 518 px, whole videos (SPEC §13):
+Expected video FG-ARI / video mBO at 518 px, whole videos (docs/method.md §13):
   slotcurri        44.8 +- 1.2 / 35.5 +- 2.2   (contrast pool 32, global batch 64)
   slotcontrast     38.0 / 33.7
   ssync            42.6 / 38.7

@@ -4,7 +4,7 @@ Every key any part of slotcurri_jax reads is declared here, so a config file
 only overrides values and a misspelt key (in a file or on the command line) is
 an error. Config files under `configs/` start from `default_config()`.
 
-Defaults are SlotCurri on MOVi-C (../shared/SPEC.md §10) unless a comment says
+Defaults are SlotCurri on MOVi-C (docs/method.md §10) unless a comment says
 otherwise. `None` means "derived from other keys" (see `resolve`).
 """
 from __future__ import annotations
@@ -57,7 +57,7 @@ def default_config() -> ml_collections.ConfigDict:
       manual_dir='',  # folder with train/JPEGImages and train/instances.json
       num_heldout=300,  # last videos of the official train split held out
       prepass_short_side=320,
-      prepass_resize='nearest_exact',  # Q9; 'bicubic' for the textbook pre-pass
+      prepass_resize='nearest_exact',  # quirk 9; 'bicubic' for the textbook pre-pass
       shuffle_buffer=100,
   ))
 
@@ -82,11 +82,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.feature_mlp_hidden = ml_collections.FieldReference(None, field_type=int)
   c.model.slot_attention = ml_collections.ConfigDict(dict(
       iters_first=3, iters=2, eps=1e-8,
-      gru_hidden='normed',  # Q2; 'raw' for textbook slot attention
+      gru_hidden='normed',  # quirk 2; 'raw' for textbook slot attention
   ))
   c.model.predictor = ml_collections.ConfigDict(dict(
       num_blocks=1, num_heads=4, mlp_ratio=4,
-      logit_scale='reference',  # Q1: logits * sqrt(d_head); 'standard' divides
+      logit_scale='reference',  # quirk 1: logits * sqrt(d_head); 'standard' divides
   ))
   # pos_init: 'normal' is the reference's N(0, 1/D_s); 'sincos' starts the (still learned)
   # position embedding from 2-D sine-cosine features, a head start for pixel targets.
@@ -104,7 +104,7 @@ def default_config() -> ml_collections.ConfigDict:
       ss_weight=0.5,
       ss_temperature=0.1,
       ssim_weight=0.05,  # 0 for SlotContrast
-      contrast_group_size=64,  # Q10: clips per contrastive pool
+      contrast_group_size=64,  # quirk 10: clips per contrastive pool
   ))
 
   # ---------------------------------------------------------------- curriculum
@@ -117,9 +117,9 @@ def default_config() -> ml_collections.ConfigDict:
       first_num_slots=2,
       spawn='perturb',  # 'perturb' (SlotCurri) | 'none' (simple curriculum ablation)
       spawn_scale=0.2,  # lambda
-      neighbor='cosine_all',  # Q4; 'euclidean_active' for the paper's wording
-      norm_rows='all',  # Q5; 'active'
-      boundary_uses_old_count=True,  # Q6
+      neighbor='cosine_all',  # quirk 4; 'euclidean_active' for the paper's wording
+      norm_rows='all',  # quirk 5; 'active'
+      boundary_uses_old_count=True,  # quirk 6
       error_window=1,  # steps of slot-wise error averaged before a stage change
   ))
 
@@ -133,8 +133,8 @@ def default_config() -> ml_collections.ConfigDict:
       total_steps=ml_collections.FieldReference(None, field_type=int),  # s_max; None: train.steps
       bd_weight=1.0,
       in_weight=1.0,
-      loss='brier',  # Q12; 'ce'
-      reduction='group',  # Q13: mean per contrast group, then over groups; 'global'
+      loss='brier',  # quirk 12; 'ce'
+      reduction='group',  # quirk 13: mean per contrast group, then over groups; 'global'
   ))
 
   # ---------------------------------------------------------------- training
@@ -157,9 +157,9 @@ def default_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- evaluation
   c.eval = ml_collections.ConfigDict(dict(
       rollout='cyclic',  # 'cyclic' (SlotCurri) | 'forward' (SlotContrast, SSync)
-      all_slots=True,  # Q7: evaluate with all max_slots rows in every stage
+      all_slots=True,  # quirk 7: evaluate with all max_slots rows in every stage
       ignore_background=True,
-      ytvis_num_videos=210,  # Q11
+      ytvis_num_videos=210,  # quirk 11
       steps=-1,  # evaluation batches in periodic evaluation; -1: whole split
   ))
 

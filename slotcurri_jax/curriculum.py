@@ -1,16 +1,16 @@
-"""SlotCurri's reconstruction-guided slot curriculum (SPEC §7), as pure jax functions.
+"""SlotCurri's reconstruction-guided slot curriculum (docs/method.md §7), as pure jax functions.
 
 The placeholders are one padded array [max_slots, slot_dim] from step 0 plus an active
-mask (SPEC §17.2). A stage change writes children into not-yet-active rows and widens the
+mask (docs/method.md §17.2). A stage change writes children into not-yet-active rows and widens the
 mask; shapes never change, and the slot counts may be traced values, so the train step
 compiles once for every stage.
 
 Timeline of a boundary s_j (j >= 1) of the schedule ((s_0=0, K_0), (s_1, K_1), ...):
   * step s_j - 1 (last step of stage j-1) trains with K_{j-1} slots; its batch gives the
-    slot-wise error `slot_error` (SPEC §7.3);
+    slot-wise error `slot_error` (docs/method.md §7.3);
   * at the start of step s_j, `spawn` writes K_j - K_{j-1} children into rows
-    K_{j-1} .. K_j - 1 (SPEC §7.4-7.5);
-  * Q6: step s_j itself still trains with K_{j-1} slots (`boundary_uses_old_count`);
+    K_{j-1} .. K_j - 1 (docs/method.md §7.4-7.5);
+  * Quirk 6: step s_j itself still trains with K_{j-1} slots (`boundary_uses_old_count`);
     step s_j + 1 uses K_j.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ MODES = ('perturb', 'none')
 # --------------------------------------------------------------------------- schedule
 
 def build_schedule(curriculum_config: Any, max_slots: int, total_steps: int) -> Schedule:
-  """The curriculum stages as ((step, num_slots), ...), first step 0 (SPEC §7.1).
+  """The curriculum stages as ((step, num_slots), ...), first step 0 (docs/method.md §7.1).
 
   Default (empty `schedule`): counts (first_num_slots, floor(K/2), K) at steps
   (0, floor(f1 s_max), floor(f2 s_max)) with (f1, f2) = stage_fractions, i.e. MOVi-C
@@ -121,7 +121,7 @@ def _validate(schedule: Schedule, max_slots: int, where: str) -> None:
 
 def spawn_steps(schedule: Schedule) -> tuple[int, ...]:
   """Boundary steps s_j, j >= 1: the spawn is applied at the start of step s_j, from the
-  error of step s_j - 1's batch (with Q6, step s_j still trains with the old count)."""
+  error of step s_j - 1's batch (with quirk 6, step s_j still trains with the old count)."""
   return tuple(step for step, _ in schedule[1:])
 
 
@@ -129,7 +129,7 @@ def num_active_slots(step: jax.Array | int, schedule: Schedule,
                      boundary_uses_old_count: bool = True) -> jax.Array:
   """Active slot count K(step), an int32 scalar (traceable in `step`).
 
-  boundary_uses_old_count=True (Q6, reference): K_j for s_j < step <= s_{j+1}.
+  boundary_uses_old_count=True (quirk 6, reference): K_j for s_j < step <= s_{j+1}.
   False: K_j for s_j <= step < s_{j+1}.
   """
   boundaries = jnp.asarray(spawn_steps(schedule), jnp.int32)
@@ -154,7 +154,7 @@ def active_mask(num_active: jax.Array | int, max_slots: int) -> jax.Array:
 # --------------------------------------------------------------------------- error and allocation
 
 def slot_error(dec_masks: jax.Array, recon: jax.Array, targets: jax.Array) -> jax.Array:
-  """Slot-wise reconstruction error mass (SPEC §7.3).
+  """Slot-wise reconstruction error mass (docs/method.md §7.3).
 
   e_i = mean over (b, t, n) of m[b,t,i,n] * mean_c (recon - target)^2[b,t,n,c]. The
   normaliser is the number of positions, not sum m: an idle slot gets e_i ~ 0.
@@ -173,7 +173,7 @@ def slot_error(dec_masks: jax.Array, recon: jax.Array, targets: jax.Array) -> ja
 
 def allocate_children(errors: jax.Array, num_parents: jax.Array | int,
                       num_children: jax.Array | int) -> jax.Array:
-  """Children per parent by largest remainder (SPEC §7.4).
+  """Children per parent by largest remainder (docs/method.md §7.4).
 
   omega = e / sum(e) over the parents (plain normalisation; uniform when the sum is 0 or
   not finite, e.g. a lost error buffer), floors of M * omega, then +1 for the
@@ -217,7 +217,7 @@ def _neighbours(p: jax.Array, num_old: jax.Array, neighbor: str) -> jax.Array:
   others = rows[:, None] != rows[None, :]
   hi = jax.lax.Precision.HIGHEST
   if neighbor == 'cosine_all':
-    # Q4: cosine over all rows, the not-yet-active random rows included.
+    # Quirk 4: cosine over all rows, the not-yet-active random rows included.
     unit = p / jnp.maximum(jnp.linalg.norm(p, axis=-1, keepdims=True), 1e-12)
     cos = jnp.matmul(unit, unit.T, precision=hi)
     return jnp.argmax(jnp.where(others, cos, -1e9), axis=-1).astype(jnp.int32)
@@ -234,14 +234,14 @@ def spawn(placeholders: jax.Array, errors: jax.Array, num_old: jax.Array | int,
           num_new: jax.Array | int, key: jax.Array, *, scale: float = 0.2,
           neighbor: str = 'cosine_all', norm_rows: str = 'all', mode: str = 'perturb',
           directions: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Write K_new - K_old children into rows K_old .. K_new - 1 (SPEC §7.4-7.5).
+  """Write K_new - K_old children into rows K_old .. K_new - 1 (docs/method.md §7.4-7.5).
 
   For each parent i < num_old with c_i > 0, in index order:
     d_i   = ||P_i - P_nn(i)|| on the LIVE array (children of earlier parents are seen);
-    mu    = mean_j ||P_j|| + 1e-8 over all rows (Q5), also live;
+    mu    = mean_j ||P_j|| + 1e-8 over all rows (quirk 5), also live;
     sigma = scale * d_i * ||P_i|| / mu;
     its children P_i + sigma * u, u uniform on the sphere, go to the next free rows.
-  nn(i) = argmax_{j != i} cos(P_i, P_j) over all rows (Q4), computed once before writes.
+  nn(i) = argmax_{j != i} cos(P_i, P_j) over all rows (quirk 4), computed once before writes.
   Parents and rows >= num_new are untouched.
 
   Args:
@@ -251,8 +251,8 @@ def spawn(placeholders: jax.Array, errors: jax.Array, num_old: jax.Array | int,
     num_new: K_j, num_old <= num_new <= max_slots (may be traced; not checked).
     key: PRNG key for the child directions.
     scale: lambda (config.curriculum.spawn_scale).
-    neighbor: 'cosine_all' (Q4, reference) | 'euclidean_active' (paper).
-    norm_rows: 'all' (Q5, reference) | 'active': mu over rows < num_old plus the
+    neighbor: 'cosine_all' (quirk 4, reference) | 'euclidean_active' (paper).
+    norm_rows: 'all' (quirk 5, reference) | 'active': mu over rows < num_old plus the
       children written so far.
     mode: 'perturb' (SlotCurri) | 'none' (simple curriculum: new rows keep their
       initialisation; info still describes the perturbation that was skipped).

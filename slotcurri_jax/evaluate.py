@@ -1,6 +1,6 @@
 """Evaluation: rollout (forward or cyclic) -> upsampled decoder masks -> metrics -> JSON.
 
-The protocol of SPEC §12: whole videos, decoder alpha masks bilinearly upsampled
+The protocol of docs/method.md §12: whole videos, decoder alpha masks bilinearly upsampled
 to the ground-truth resolution before the argmax, video FG-ARI and video mBO as
 the headline numbers, per-frame variants and a fragmentation score beside them.
 FG-ARI and mBO are reported x 100 everywhere (as in the papers' tables); the JSON
@@ -51,7 +51,7 @@ def make_predictor(config, run, mesh=None) -> predict_lib.Predictor:
 
 
 def eval_active_mask(config, state) -> jax.Array:
-  """Q7: all max_slots rows in every curriculum stage unless eval.all_slots is off."""
+  """Quirk 7: all max_slots rows in every curriculum stage unless eval.all_slots is off."""
   if config.eval.all_slots:
     return jnp.ones((config.model.max_slots,), bool)
   return curriculum_lib.Curriculum.from_config(config).active_mask(state.step)

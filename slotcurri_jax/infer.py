@@ -12,14 +12,14 @@ Preprocessing, per frame: centre crop to a square of the short side (the same as
 a short-side resize followed by a centre crop), resize to config.data.resolution,
 clamp to [0, 1], ImageNet normalisation. Upsampling uses PyTorch's bicubic
 kernel without antialiasing (jax.image 'cubic-pytorch'), which is what training
-applied to MOVi frames (SPEC §11.2); downsampling a larger video uses Keys'
+applied to MOVi frames (docs/method.md §11.2); downsampling a larger video uses Keys'
 cubic with antialiasing, since a plain bicubic would alias.
 
 Long videos run in chunks of --chunk_len frames; the slots are carried across
 chunks (the next chunk starts from Pred(S) of the previous chunk's last frame),
 so a forward rollout in chunks equals one pass over the whole video. With
---rollout=cyclic the backward pass of SPEC §8 runs within each chunk. All
-config.model.max_slots slots take part (Q7, as in evaluation).
+--rollout=cyclic the backward pass of docs/method.md §8 runs within each chunk. All
+config.model.max_slots slots take part (quirk 7, as in evaluation).
 
 Outputs in --output_dir:
   overlay.mp4               the frames with one colour per slot (overlay.gif with

@@ -1,4 +1,4 @@
-"""The three training losses of SlotContrast / SlotCurri (SPEC §6), as pure functions.
+"""The three training losses of SlotContrast / SlotCurri (docs/method.md §6), as pure functions.
 
 Every loss is a scalar float32 mean over the arrays it is given (the global batch
 under jit with sharded inputs); SSync's losses live in ssync.py.
@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# SSIM constants (SPEC §6.3): data range 1, K1 = 0.01, K2 = 0.03, Gaussian sigma 1.5, 3 taps.
+# SSIM constants (docs/method.md §6.3): data range 1, K1 = 0.01, K2 = 0.03, Gaussian sigma 1.5, 3 taps.
 _C1 = 0.01 ** 2
 _C2 = 0.03 ** 2
 _SSIM_SIGMA = 1.5
@@ -20,7 +20,7 @@ _MINMAX_EPS = 1e-6
 
 
 def feature_mse(recon: jax.Array, targets: jax.Array) -> jax.Array:
-  """Feature reconstruction loss, the mean over every element (SPEC §6.1).
+  """Feature reconstruction loss, the mean over every element (docs/method.md §6.1).
 
   recon: [B, T, N, D_f] decoder reconstruction; targets: [B, T, N, D_f] (stop-gradient).
   Returns [] float32.
@@ -31,7 +31,7 @@ def feature_mse(recon: jax.Array, targets: jax.Array) -> jax.Array:
 
 def slot_contrast(slots: jax.Array, active_mask: jax.Array, temperature: float = 0.1,
                   group_size: int = 64) -> jax.Array:
-  """Slot-slot contrastive loss between consecutive frames (SPEC §6.2, Q10).
+  """Slot-slot contrastive loss between consecutive frames (docs/method.md §6.2, quirk 10).
 
   The pool of a group of `group_size` consecutive clips holds their active slots (pool
   index b * K + k). For every anchor, a slot at frame t+1, the positive is the same
@@ -93,7 +93,7 @@ def _gaussian_filter(x: jax.Array, axes: Sequence[int]) -> jax.Array:
 
 
 def ssim3d(recon: jax.Array, targets: jax.Array, grid_hw: tuple[int, int]) -> jax.Array:
-  """Structure-aware 3-D SSIM loss, 1 - SSIM (SPEC §6.3), always in float32.
+  """Structure-aware 3-D SSIM loss, 1 - SSIM (docs/method.md §6.3), always in float32.
 
   Each of the D_f feature channels is a [T, h, w] volume. Prediction and target are
   min-max normalised jointly per sample (min and max over both, stop-gradient), then

@@ -1,9 +1,9 @@
-"""Segmentation metrics of SPEC §12: FG-ARI, mBO (video and per frame) and fragmentation.
+"""Segmentation metrics of docs/method.md §12: FG-ARI, mBO (video and per frame) and fragmentation.
 
 Two halves:
   * `upsample_masks` / `masks_to_ids` (jax, jit-able, on device): decoder alpha masks at
     patch resolution -> bilinear upsampling to the ground-truth size -> argmax over the
-    active slots (SPEC §12.2).
+    active slots (docs/method.md §12.2).
   * the scores (host-side NumPy, float64): every score of a video is read off one
     contingency table n[t, c, j] = #pixels of frame t with true id c and predicted id j,
     built with a single `np.bincount` (a 24x336x336 video has 2.7M pixels).
@@ -31,7 +31,7 @@ CONVENTIONS = ('movi', 'ytvis')
 # --------------------------------------------------------------------------- predictions (jax)
 
 def upsample_masks(masks: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
-  """Bilinear upsampling of per-slot masks from a square patch grid (SPEC §12.2).
+  """Bilinear upsampling of per-slot masks from a square patch grid (docs/method.md §12.2).
 
   Half-pixel centres, no antialiasing: `jax.image.resize(..., 'linear')` equals the
   reference's `F.interpolate(mode='bilinear', align_corners=False)` for upsampling.
@@ -107,7 +107,7 @@ def _clusters(table: np.ndarray, ignore_background: bool) -> np.ndarray:
 
 
 def _ari(table: np.ndarray) -> np.ndarray:
-  """ARI of SPEC §12.4 from contingency tables [..., C, J] (float64; 1 if degenerate)."""
+  """ARI of docs/method.md §12.4 from contingency tables [..., C, J] (float64; 1 if degenerate)."""
   n = table.astype(np.float64)
   a = n.sum(-1)
   b = n.sum(-2)
@@ -161,7 +161,7 @@ def fg_ari(pred_ids, true_ids, ignore_background: bool = True) -> np.ndarray:
 
 
 def mbo(pred_ids, true_ids, ignore_background: bool = True) -> np.ndarray:
-  """Video mBO (SPEC §12.5): each non-empty ground-truth object's best IoU over the
+  """Video mBO (docs/method.md §12.5): each non-empty ground-truth object's best IoU over the
   predicted ids, on spatio-temporal volumes, averaged over the video's objects.
 
   Args and NaN rule as in `fg_ari`. Returns [batch] float64.

@@ -1,6 +1,6 @@
 """SSync: pseudo-labels, transitive merging, regions and the two synergy losses.
 
-SPEC §9. Two per-slot maps of one training forward pass supervise each other:
+docs/method.md §9. Two per-slot maps of one training forward pass supervise each other:
 
 * the encoder map z_enc (the last slot-attention iteration's scaled logits
   q·k/sqrt(D_s), no eps/renormalisation) is trusted on *boundaries* and trains the
@@ -11,18 +11,18 @@ SPEC §9. Two per-slot maps of one training forward pass supervise each other:
 Hard labels are merged first (slots whose clip-wide coverages overlap with
 IoU > tau, transitively, relabel to the largest one), then the regions are found on
 the merged labels. Labels, merging and regions are discrete and sit under
-stop_gradient; the predictions are not detached (SPEC §9.6).
+stop_gradient; the predictions are not detached (docs/method.md §9.6).
 
 Everything has static shapes and no data-dependent Python control flow, so it jits
 once: the merge is a thresholded IoU, boolean matrix squaring and a masked
 area-argmax; the remap is a gather; the neighbour counts compare 10 shifted slices of
-an edge-padded label volume (SPEC §9.8). Cost is linear in the number of patches.
+an edge-padded label volume (docs/method.md §9.8). Cost is linear in the number of patches.
 
 Inactive slots of the curriculum (active_mask False) never receive labels: they are
 masked out of the argmax, the coverage/merge graph and the loss softmax, and the
 Brier divisor K is the active count. Their logits may hold anything finite.
 
-The warm-up gate (SPEC §9.7) is `ssync_weight(step, start_step)`, a traced 0/1 to
+The warm-up gate (docs/method.md §9.7) is `ssync_weight(step, start_step)`, a traced 0/1 to
 multiply the weighted losses with inside the jitted train step.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ import jax.numpy as jnp
 # inf/NaN can appear in the forward or backward pass (STYLE: never mask by multiply).
 _NEG = -1e9
 
-# Neighbourhood of SPEC §9.4: 8 spatial neighbours in the same frame, plus the same
+# Neighbourhood of docs/method.md §9.4: 8 spatial neighbours in the same frame, plus the same
 # position at t-1 and t+1. Offsets are (dt, dy, dx).
 NEIGHBOUR_OFFSETS = tuple(
     (0, dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)
@@ -58,7 +58,7 @@ def _masked_logits(logits: jax.Array, active_mask: jax.Array) -> jax.Array:
 
 
 def hard_labels(logits: jax.Array, active_mask: jax.Array) -> jax.Array:
-  """Argmax over the active slots, per patch (SPEC §9.2).
+  """Argmax over the active slots, per patch (docs/method.md §9.2).
 
   Args:
     logits: [B, T, K, N] per-slot logits, N = G*G row-major patches.
@@ -74,7 +74,7 @@ def hard_labels(logits: jax.Array, active_mask: jax.Array) -> jax.Array:
 
 
 def coverage(z_enc: jax.Array, active_mask: jax.Array) -> jax.Array:
-  """Where each slot's raw encoder logit beats its clip-wide mean (SPEC §9.3.1).
+  """Where each slot's raw encoder logit beats its clip-wide mean (docs/method.md §9.3, step 1).
 
   Args:
     z_enc: [B, T, K, N] encoder logits.
@@ -89,7 +89,7 @@ def coverage(z_enc: jax.Array, active_mask: jax.Array) -> jax.Array:
 
 
 def slot_iou(cover: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Pairwise coverage IoU per frame, then its mean over time (SPEC §9.3.2).
+  """Pairwise coverage IoU per frame, then its mean over time (docs/method.md §9.3, step 2).
 
   Args:
     cover: [B, T, K, N] bool coverage.
@@ -115,7 +115,7 @@ def label_areas(labels: jax.Array, num_slots: int) -> jax.Array:
 
 def merge_mapping(iou: jax.Array, labels_enc: jax.Array, active_mask: jax.Array,
                   tau: float) -> jax.Array:
-  """Transitive merge of redundant slots, per clip (SPEC §9.3.3-5).
+  """Transitive merge of redundant slots, per clip (docs/method.md §9.3, steps 3-5).
 
   Args:
     iou: [B, K, K] time-mean coverage IoU.
@@ -138,7 +138,7 @@ def merge_mapping(iou: jax.Array, labels_enc: jax.Array, active_mask: jax.Array,
     reach = jnp.einsum('bij,bjk->bik', r, r, precision=jax.lax.Precision.HIGHEST) > 0.5
   area = label_areas(labels_enc, k)
   # Members only; -1 so that a zero-area member still beats non-members. argmax takes
-  # the first maximum, i.e. the lowest index among tied members (SPEC §9.3.5).
+  # the first maximum, i.e. the lowest index among tied members (docs/method.md §9.3, step 5).
   score = jnp.where(reach, area[:, None, :], -1)
   return jnp.argmax(score, axis=-1).astype(jnp.int32)
 
@@ -151,7 +151,7 @@ def apply_mapping(labels: jax.Array, mapping: jax.Array) -> jax.Array:
 
 
 def disagreement_count(labels: jax.Array) -> jax.Array:
-  """Neighbours (of the 10) whose label differs from the patch's own (SPEC §9.4).
+  """Neighbours (of the 10) whose label differs from the patch's own (docs/method.md §9.4).
 
   Args:
     labels: [B, T, G, G] int.
@@ -182,7 +182,7 @@ def region_masks(labels_enc: jax.Array, labels_dec: jax.Array, n_bd: int = 1,
 
   Returns:
     (boundary, interior): bool [B, T, G, G] each. Independent masks: they may overlap
-    and need not cover every patch (SPEC §9.4).
+    and need not cover every patch (docs/method.md §9.4).
   """
   d_enc = disagreement_count(labels_enc)
   d_dec = disagreement_count(labels_dec)
@@ -211,7 +211,7 @@ def _per_patch_loss(logits: jax.Array, labels: jax.Array, active_mask: jax.Array
 
 
 def _num_groups(batch: int, group_size: int | None, reduction: str) -> int:
-  """How many pools the batch splits into for the masked means (Q13)."""
+  """How many pools the batch splits into for the masked means (quirk 13)."""
   if reduction == 'global':
     return 1
   if reduction != 'group':
@@ -228,7 +228,7 @@ def _masked_mean(per_patch: jax.Array, region: jax.Array, divisor_scale: jax.Arr
   """Masked mean of per_patch [B, T, N] over region [B, T, N] bool.
 
   One masked mean per group of B / num_groups consecutive clips, then the mean over
-  groups: the reference's per-GPU loss, averaged by data parallelism (Q13). Empty
+  groups: the reference's per-GPU loss, averaged by data parallelism (quirk 13). Empty
   regions give 0 thanks to the max(1, |P|) guard (the reference would give NaN).
   """
   values = jnp.where(region, per_patch, 0.0).reshape(num_groups, -1)
@@ -240,7 +240,7 @@ def _masked_mean(per_patch: jax.Array, region: jax.Array, divisor_scale: jax.Arr
 def pseudo_labels(z_enc: jax.Array, z_dec: jax.Array, active_mask: jax.Array, *,
                   tau_merge: float, n_bd: int = 1, n_noise: int = 1,
                   n_nbd: int = 1) -> dict:
-  """Labels, merge and regions of SPEC §9.2-9.4, all without gradient.
+  """Labels, merge and regions of docs/method.md §9.2-9.4, all without gradient.
 
   Args:
     z_enc, z_dec: [B, T, K, N] encoder / decoder logits.
@@ -257,7 +257,7 @@ def pseudo_labels(z_enc: jax.Array, z_dec: jax.Array, active_mask: jax.Array, *,
   labels_dec = hard_labels(z_dec, active_mask)
   _, iou = slot_iou(coverage(z_enc, active_mask))
   mapping = merge_mapping(iou, labels_enc, active_mask, tau_merge)
-  # The decoder labels take the mapping found on the encoder map (SPEC §9.3.6).
+  # The decoder labels take the mapping found on the encoder map (docs/method.md §9.3, step 6).
   labels_enc_merged = apply_mapping(labels_enc, mapping)
   labels_dec_merged = apply_mapping(labels_dec, mapping)
   boundary, interior = region_masks(labels_enc_merged, labels_dec_merged, n_bd, n_noise, n_nbd)
@@ -271,12 +271,12 @@ def ssync_losses(z_enc: jax.Array, z_dec: jax.Array, active_mask: jax.Array, *,
                  temperature: float = 1.0, loss: str = 'brier',
                  group_size: int | None = None,
                  reduction: str = 'group') -> tuple[jax.Array, jax.Array, dict]:
-  """The boundary and interior losses of SSync (SPEC §9.5), ungated.
+  """The boundary and interior losses of SSync (docs/method.md §9.5), ungated.
 
   loss_bd: decoder softmax vs the merged *encoder* labels on the encoder boundary set;
   loss_in: encoder softmax vs the merged *decoder* labels on the decoder interior set.
   Brier form: mean over selected patches x K_active of the squared difference between
-  the softmax over active slots and the one-hot label (Q12); 'ce': cross-entropy, mean
+  the softmax over active slots and the one-hot label (quirk 12); 'ce': cross-entropy, mean
   over selected patches. Only the labels/regions are stop-gradient.
 
   Args:
@@ -289,7 +289,7 @@ def ssync_losses(z_enc: jax.Array, z_dec: jax.Array, active_mask: jax.Array, *,
     loss: 'brier' | 'ce' (config.ssync.loss).
     group_size: clips per pool for reduction='group' (the reference's per-GPU batch,
       config.loss.contrast_group_size); None: the whole batch.
-    reduction: 'group' (Q13, reference) | 'global' (config.ssync.reduction).
+    reduction: 'group' (quirk 13, reference) | 'global' (config.ssync.reduction).
 
   Returns:
     (loss_bd, loss_in, aux): float32 scalars and the dict of `pseudo_labels` plus
@@ -318,7 +318,7 @@ def ssync_losses(z_enc: jax.Array, z_dec: jax.Array, active_mask: jax.Array, *,
 
 
 def ssync_weight(step: jax.Array | int, start_step: jax.Array | int) -> jax.Array:
-  """The synergistic warm-up gate (SPEC §9.7): 0.0 while step < start_step, then 1.0.
+  """The synergistic warm-up gate (docs/method.md §9.7): 0.0 while step < start_step, then 1.0.
 
   A hard switch, no ramp; start_step = floor(ssync.start_fraction * s_max). Pass the
   train state's step as a traced array (and start_step as a Python int or array):

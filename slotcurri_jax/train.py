@@ -18,11 +18,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import time
 from typing import Any, Callable, Sequence
 
 from absl import logging
 from clu import metric_writers
+from clu import metrics as clu_metrics
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -341,8 +342,14 @@ def train_and_evaluate(config, workdir: str, *, evaluate_at_end: bool = True) ->
 
 
 def _mean_metrics(pending: list[dict]) -> dict:
+  """The mean of each scalar metric over the steps since the last log line (clu's Average)."""
   fetched = jax.device_get(pending)
-  return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+  averages = clu_metrics.Collection.create(
+      **{k: clu_metrics.Average.from_output(k) for k in fetched[0]})
+  merged = averages.single_from_model_output(**fetched[0])
+  for m in fetched[1:]:
+    merged = merged.merge(averages.single_from_model_output(**m))
+  return {k: float(v) for k, v in merged.compute().items()}
 
 
 def _any_process(flag: bool) -> bool:
@@ -373,17 +380,6 @@ def _truncate_history(path, start_step: int) -> None:
 
 
 def _flat_hparams(config) -> dict:
-  flat = {}
-
-  def walk(prefix, d):
-    for k, v in d.items():
-      key = f'{prefix}{k}'
-      if isinstance(v, dict):
-        walk(key + '.', v)
-      elif isinstance(v, (int, float, str, bool)):
-        flat[key] = v
-      else:
-        flat[key] = str(v)
-
-  walk('', json.loads(config.to_json_best_effort()))
-  return flat
+  """The config as {'train.steps': 1200, ...}: scalars as they are, the rest as text."""
+  flat = flax.traverse_util.flatten_dict(json.loads(config.to_json_best_effort()), sep='.')
+  return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}

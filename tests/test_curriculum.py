@@ -1,4 +1,4 @@
-"""Curriculum: schedule, active counts (Q6), slot error, allocation and the spawn (SPEC §7)."""
+"""Curriculum: schedule, active counts (quirk 6), slot error, allocation and the spawn (docs/method.md §7)."""
 import json
 
 import jax

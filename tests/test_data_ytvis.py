@@ -210,7 +210,7 @@ def test_splits_heldout_last_in_file_order_and_manifest(fake):
     ex = stored[v['name']]
     h, w = _prepass_size(v['h'], v['w'])
     assert ex['video'].shape == (len(v['images']), h, w, 3)
-    # Q9: frames nearest-resized in the pre-pass, masks too, one channel per instance.
+    # Quirk 9: frames nearest-resized in the pre-pass, masks too, one channel per instance.
     masks = ex['masks']
     assert masks.shape[-1] == max(len(v['masks']), 1)
     for k, per_frame in enumerate(v['masks']):

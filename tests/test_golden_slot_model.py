@@ -54,7 +54,7 @@ def test_inactive_placeholder_rows_get_exactly_zero_gradient(ours, fixture_data)
   k = check_fixture.fixture_config(fixture_data)['sizes']['K_active_train']
   grad = ours['grad/initializer.slots']
   assert np.all(grad[:, k:] == 0.0)
-  assert np.abs(grad[:, :k]).min() > 0  # a gradient does reach the active rows (SPEC §15.8)
+  assert np.abs(grad[:, :k]).min() > 0  # a gradient does reach the active rows (docs/method.md §17.4)
 
 
 def test_cyclic_last_frame_is_the_forward_frame(ours):

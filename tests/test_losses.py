@@ -1,4 +1,4 @@
-"""Losses against direct float64 NumPy transcriptions of SPEC §6 and the golden fixture."""
+"""Losses against direct float64 NumPy transcriptions of docs/method.md §6 and the golden fixture."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +13,7 @@ _ssim = jax.jit(losses.ssim3d, static_argnums=2)
 
 
 def _numpy_contrast(slots, active, tau, group):
-  """SPEC §6.2 with explicit loops: anchors are frame-(t+1) slots, softmax over frame t."""
+  """docs/method.md §6.2 with explicit loops: anchors are frame-(t+1) slots, softmax over frame t."""
   b, t, k, _ = slots.shape
   s = slots / np.linalg.norm(slots, axis=-1, keepdims=True)
   idx = [i for i in range(k) if active[i]]
@@ -76,7 +76,7 @@ def test_slot_contrast_direction_and_padding():
   slots = r.randn(2, 3, 3, 4).astype(np.float32)
   active = np.ones(3, bool)
   forward = _contrast(slots, active, 0.1, 64)
-  # Reversing time swaps which frame is the softmax axis: a different value (SPEC §6.2).
+  # Reversing time swaps which frame is the softmax axis: a different value (docs/method.md §6.2).
   reversed_time = _contrast(slots[:, ::-1], active, 0.1, 64)
   assert abs(float(forward) - float(reversed_time)) > 1e-3
   # group_size >= B is one pool of all clips.

@@ -46,7 +46,7 @@ def _process(model):
 
 
 def test_k_active_of_n_equals_model_with_k_slots(fixtures_dir):
-  """SPEC §17.3 acceptance: K active rows of a padded model == a model with K rows.
+  """docs/method.md §17.3 acceptance: K active rows of a padded model == a model with K rows.
 
   Uses slot_model.npz's sizes and params, so the padded model's compiled gradient is
   shared with the golden test (persistent compilation cache)."""
@@ -165,7 +165,7 @@ def test_gru_matches_pytorch_equations():
 
 @pytest.mark.parametrize('gru_hidden', ['normed', 'raw'])
 def test_slot_attention_matches_numpy(gru_hidden):
-  """One iteration, with one inactive slot (Q2 switch: GRU hidden LN(S) or S)."""
+  """One iteration, with one inactive slot (quirk 2 switch: GRU hidden LN(S) or S)."""
   d, k, n = 8, 3, 5
   sa = slot_attention.SlotAttention(d, gru_hidden=gru_hidden)
   rng = np.random.RandomState(1)
@@ -208,7 +208,7 @@ def test_predictor_attention_scale_and_key_mask(logit_scale):
   qkv = h @ p['qkv']['kernel'] + p['qkv']['bias']
   q, kk, v = (qkv[:, i * d:(i + 1) * d].reshape(k, heads, d // heads) for i in range(3))
   scale = np.sqrt(d // heads) if logit_scale == 'reference' else 1 / np.sqrt(d // heads)
-  z = np.einsum('qhd,khd->hqk', q, kk) * scale  # Q1: reference multiplies by sqrt(d_h)
+  z = np.einsum('qhd,khd->hqk', q, kk) * scale  # quirk 1: reference multiplies by sqrt(d_h)
   z = np.where(np.asarray(active)[None, None, :], z, -np.inf)
   a = np.exp(z - z.max(-1, keepdims=True))
   a /= a.sum(-1, keepdims=True)
@@ -256,7 +256,7 @@ def test_initialisation_follows_pytorch_conventions():
 
 
 def test_demo_head_start_inits():
-  """decoder pos_init='sincos' and model.init_gains (the demo's head start; SPEC init by default)."""
+  """decoder pos_init='sincos' and model.init_gains (the demo's head start; reference init by default)."""
   pos = np.asarray(decoder_lib.sincos_position_init(None, (16, 8)))  # a 4x4 grid, D 8
   assert pos.shape == (16, 8) and np.all(np.abs(pos) <= 1.0)
   # Row-major grid: patch (r, c) is row 4r + c; the first D/2 columns depend on r only.

@@ -37,7 +37,7 @@ def test_learning_rate_schedule_matches_spec():
   assert float(lr(0)) == 0.0
   np.testing.assert_allclose(float(lr(1250)), 4e-4, rtol=1e-6)
   np.testing.assert_allclose(float(lr(2500)), 8e-4, rtol=1e-6)
-  # SPEC §10.1 values: 7.58e-4 at 10k, 6.82e-4 at 25k, 5.71e-4 at 50k, 4.0e-4 at 100k.
+  # docs/method.md §10.1 values: 7.58e-4 at 10k, 6.82e-4 at 25k, 5.71e-4 at 50k, 4.0e-4 at 100k.
   for step, expected in [(10_000, 7.58e-4), (25_000, 6.82e-4), (50_000, 5.71e-4), (100_000, 4.0e-4)]:
     np.testing.assert_allclose(float(lr(step)), expected, rtol=2e-3)
 
@@ -63,7 +63,7 @@ def test_curriculum_stage_changes_without_recompiling():
   config = tiny_config()
   mesh = parallel.create_mesh(devices=jax.devices()[:1])
   state, history, step_fn = _run_steps(config, mesh, _fake_batches(config, 6))
-  # Q6: the step at a boundary still trains with the old count.
+  # Quirk 6: the step at a boundary still trains with the old count.
   assert [int(m['active_slots']) for m in history] == [2, 2, 2, 3, 3, 5]
   assert step_fn._cache_size() == 1
   curriculum = train.Run.from_config(config).curriculum

@@ -9,7 +9,7 @@ DATASETS: dict[str, spec_lib.DatasetSpec] = {
     'movi_c': movi.spec('movi_c'),
     'movi_e': movi.spec('movi_e'),
     'synthetic_movi': movi.spec('synthetic_movi', movi.synthetic_builder),
-    'ytvis': ytvis.SPEC,
+    'ytvis': ytvis.DATASET_SPEC,
 }
 
 

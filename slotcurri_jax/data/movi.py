@@ -1,13 +1,13 @@
 """MOVi-C / MOVi-E (and `synthetic_movi`) over TFDS, and the frame resizes shared with YT-VIS.
 
-Storage (SPEC §11.1): `movi_c/128x128:1.0.0` and `movi_e/128x128:1.0.0` under
+Storage (docs/method.md §11.1): `movi_c/128x128:1.0.0` and `movi_e/128x128:1.0.0` under
 `config.data.data_dir` (default gs://kubric-public/tfds). These builders are
 not in the TFDS catalogue, so the reader rebuilds them from the
 `dataset_info.json` in `<data_dir>/<name>/128x128/1.0.0`
 (`tfds.builder_from_directory`). `synthetic_movi` has the same features and is
 generated into data_dir on first use.
 
-Transforms (SPEC §11.2), as the reference computes them with
+Transforms (docs/method.md §11.2), as the reference computes them with
 `torch.nn.functional.interpolate`:
 
 * training: one 4-frame chunk per visit at a random offset in {0, 4, ..., 20}
@@ -19,7 +19,7 @@ Transforms (SPEC §11.2), as the reference computes them with
 
 Resizes reproduce PyTorch, not `tf.image.resize`: PyTorch's (non-antialiased)
 bicubic uses the cubic-convolution coefficient a = -0.75, while TF's 'bicubic'
-uses Keys' a = -0.5, a visibly different kernel (SPEC §3.5 [verify], §16). A
+uses Keys' a = -0.5, a visibly different kernel (docs/method.md §3.5, §16). A
 resize is separable and linear, so it is two small matrix products with
 weights built exactly like PyTorch's; nearest-exact is a gather with source
 index floor((i + 0.5) * in / out).
@@ -122,7 +122,8 @@ def train_example(example: dict, seed: tf.Tensor, config) -> dict:
   frames = tf.ensure_shape(frames, [clip_len, None, None, 3])
   height, width = tf.shape(frames)[1], tf.shape(frames)[2]
   clip = transforms.resize_bicubic(tf.cast(frames, tf.float32) / 255.0,
-                        transforms.cubic_weights(height, size), transforms.cubic_weights(width, size))
+                                   transforms.cubic_weights(height, size),
+                                   transforms.cubic_weights(width, size))
   clip = transforms.maybe_flip(clip, config.data.flip_prob, flip_seed)
   return {'video': tf.ensure_shape(transforms.normalize(clip), [clip_len, size, size, 3])}
 
@@ -137,9 +138,11 @@ def eval_example(example: dict, config) -> dict:
   ids = transforms.decode_frames(example['segmentations'], tf.range(num_frames), channels=1)[..., 0]
   height, width = tf.shape(frames)[1], tf.shape(frames)[2]
   video = transforms.resize_bicubic(tf.cast(frames, tf.float32) / 255.0,
-                         transforms.cubic_weights(height, size), transforms.cubic_weights(width, size))
-  ids = transforms.resize_nearest(tf.cast(ids, tf.int32), transforms.nearest_exact_indices(height, size),
-                       transforms.nearest_exact_indices(width, size), axis=1)
+                                    transforms.cubic_weights(height, size),
+                                    transforms.cubic_weights(width, size))
+  ids = transforms.resize_nearest(tf.cast(ids, tf.int32),
+                                 transforms.nearest_exact_indices(height, size),
+                                 transforms.nearest_exact_indices(width, size), axis=1)
   return {'video': transforms.normalize(video), 'segmentations': ids, 'num_frames': num_frames,
           'max_id': tf.reduce_max(ids)}
 
@@ -177,8 +180,9 @@ def eval_example_raw(example: dict, config) -> dict:
   frames = transforms.decode_frames(encoded, tf.range(num_frames))
   ids = transforms.decode_frames(example['segmentations'], tf.range(num_frames), channels=1)[..., 0]
   height, width = tf.shape(frames)[1], tf.shape(frames)[2]
-  ids = transforms.resize_nearest(tf.cast(ids, tf.int32), transforms.nearest_exact_indices(height, size),
-                       transforms.nearest_exact_indices(width, size), axis=1)
+  ids = transforms.resize_nearest(tf.cast(ids, tf.int32),
+                                 transforms.nearest_exact_indices(height, size),
+                                 transforms.nearest_exact_indices(width, size), axis=1)
   geometry, crop = raw_geometry(height, width, size)
   return {'frames': frames, 'size': geometry, 'crop': crop, 'flip': tf.constant(False),
           'segmentations': ids, 'num_frames': num_frames, 'max_id': tf.reduce_max(ids)}

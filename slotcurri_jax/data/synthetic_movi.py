@@ -1,7 +1,7 @@
 """`synthetic_movi`: procedurally rendered MOVi-like videos, a TFDS builder.
 
 The demo, the tests and CI train and evaluate on this dataset instead of the
-Kubric bucket. It has MOVi's feature names, dtypes and layout (SPEC §11.1), so
+Kubric bucket. It has MOVi's feature names, dtypes and layout (docs/method.md §11.1), so
 the MOVi reader in `movi.py` reads it unchanged:
 
   video               [T, H, W, 3] uint8, PNG-encoded frames

@@ -1,6 +1,6 @@
 """YouTube-VIS 2021 as a TFDS builder, and its training/evaluation transforms.
 
-Raw data (SPEC §11.3): the official 2021 `train` split, downloaded by hand from
+Raw data (docs/method.md §11.3): the official 2021 `train` split, downloaded by hand from
 https://youtube-vos.org/dataset/vis/ into `config.data.ytvis.manual_dir`:
 
   <manual_dir>/train/instances.json
@@ -16,7 +16,7 @@ training videos. The convention, shared by SlotContrast, SlotCurri and SSync:
   order, and `manifest.json` next to the TFDS files lists both (video ids,
   folder names, frame counts), so the split is auditable.
 * Of the 300 held-out videos, the reference code scores only **the first 210**
-  (Q11, SPEC §12.6): with `val_size: 200`, 30 shards of 10 videos and one loader
+  (quirk 11, docs/method.md §12.6): with `val_size: 200`, 30 shards of 10 videos and one loader
   worker, its epoch logic takes ceil(200 / 30) = 7 videos per shard x 30 shards
   = 210 videos, which matches the 210 samples reported in
   martius-lab/slotcontrast issue #6. We reproduce it as the first 210 videos in
@@ -27,7 +27,7 @@ training videos. The convention, shared by SlotContrast, SlotCurri and SSync:
 
 Pre-pass (the reference's sharding script): frames and masks are resized so
 the short side is 320 px with nearest-exact sampling; even the RGB frames are
-nearest-resized (Q9; `data.ytvis.prepass_resize = 'bicubic'` is the textbook
+nearest-resized (quirk 9; `data.ytvis.prepass_resize = 'bicubic'` is the textbook
 alternative). Masks are one channel per annotated instance, decoded from the
 COCO-style RLE (compressed or not) or polygon segmentations (our own decoders;
 pycocotools is not needed), all-zero in frames where the instance is absent; a
@@ -360,7 +360,8 @@ def train_example(example: dict, seed: tf.Tensor, config) -> dict:
   num_frames = tf.shape(encoded)[0]
   offset = transforms.clip_offset(num_frames, clip_len, offset_seed)
   # A video shorter than the clip repeats its last frame.
-  frames = transforms.decode_frames(encoded, tf.minimum(offset + tf.range(clip_len), num_frames - 1))
+  frames = transforms.decode_frames(encoded,
+                                    tf.minimum(offset + tf.range(clip_len), num_frames - 1))
   height, width = tf.shape(frames)[1], tf.shape(frames)[2]
   new_h, new_w = _short_side(height, width, size)
   top_seed, left_seed = tf.unstack(tf.random.experimental.stateless_split(crop_seed, 2))
@@ -445,7 +446,8 @@ def train_example_raw(example: dict, seed: tf.Tensor, config) -> dict:
   encoded = example['video']
   num_frames = tf.shape(encoded)[0]
   offset = transforms.clip_offset(num_frames, clip_len, offset_seed)
-  frames = transforms.decode_frames(encoded, tf.minimum(offset + tf.range(clip_len), num_frames - 1))
+  frames = transforms.decode_frames(encoded,
+                                    tf.minimum(offset + tf.range(clip_len), num_frames - 1))
   height, width = tf.shape(frames)[1], tf.shape(frames)[2]
   new_h, new_w = _short_side(height, width, size)
   top_seed, left_seed = tf.unstack(tf.random.experimental.stateless_split(crop_seed, 2))
@@ -495,7 +497,7 @@ def check_video(video: dict, video_name: str, config) -> None:
                      f'evaluated pixel; ids need disjoint masks')
 
 
-SPEC = spec_lib.DatasetSpec(
+DATASET_SPEC = spec_lib.DatasetSpec(
     name='ytvis', builder=prepare, train_decoders=TRAIN_DECODERS, eval_decoders=EVAL_DECODERS,
     train_example=train_example, train_example_raw=train_example_raw,
     eval_example=eval_example, eval_example_raw=eval_example_raw, check_video=check_video,

@@ -1,4 +1,4 @@
-"""The MLP broadcast decoder with alpha masks (SPEC §4.6)."""
+"""The MLP broadcast decoder with alpha masks (docs/method.md §4.6)."""
 from __future__ import annotations
 
 from typing import Any, Sequence

@@ -1,10 +1,10 @@
-"""The frozen DINOv2 ViT (SPEC §3) and the conversion of timm / Hugging Face weights.
+"""The frozen DINOv2 ViT (docs/method.md §3) and the conversion of timm / Hugging Face weights.
 
 Output: the tokens after the last block, **before** the final LayerNorm, CLS dropped
-(SPEC §3.2); the final norm is therefore not even a parameter here. The position
+(docs/method.md §3.2); the final norm is therefore not even a parameter here. The position
 embedding (stored for the native 37x37 grid) is resampled to the input grid with an
 antialiased bicubic resize by target size, which matches the reference's
-F.interpolate(bicubic, antialias=True) to 1e-7 (fixture README §5).
+F.interpolate(bicubic, antialias=True) to 1e-7 (fixtures/README.md §5).
 
 Our param tree (a Flax kernel is the transposed PyTorch weight):
   cls_token [1, 1, D], pos_embed [1, 1 + 37*37, D], patch_embed {kernel [p, p, 3, D], bias},
@@ -39,7 +39,7 @@ NATIVE_GRID = 37  # 518 px / 14
 
 def resample_pos_embed(pos_embed: jax.Array, grid: int) -> jax.Array:
   """[1, 1 + G*G, D] -> [1, 1 + grid*grid, D]; the CLS row is kept, the G x G grid is
-  resized bicubically with antialiasing, half-pixel centres, in float32 (SPEC §3.3)."""
+  resized bicubically with antialiasing, half-pixel centres, in float32 (docs/method.md §3.3)."""
   cls_row, rest = pos_embed[:, :1], pos_embed[:, 1:]
   native = int(round(math.sqrt(rest.shape[1])))
   d = rest.shape[-1]

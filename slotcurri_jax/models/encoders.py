@@ -73,7 +73,7 @@ class CNNEncoder(nn.Module):
   Cheap enough for the 2-core demo: all convolutions after the first run on the
   patch grid. The position term (a Dense map of the normalised patch coordinates,
   as in SAVi) gives the tokens the position information DINOv2 tokens carry, since
-  the slot stack adds none before slot attention (SPEC §4.2).
+  the slot stack adds none before slot attention (docs/method.md §4.2).
   """
   patch_size: int
   features: int

@@ -1,6 +1,6 @@
 """Layers shared by the slot stack: PyTorch-default initialisers, LayerNorm, the MLP.
 
-The reference is PyTorch, and its initialisation is part of the method (SPEC §5):
+The reference is PyTorch, and its initialisation is part of the method (docs/method.md §5):
 Flax's defaults (LeCun-normal kernels, zero biases, LayerNorm eps 1e-6) differ, so
 every trainable layer of the model is built from the helpers here.
 """
@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# PyTorch nn.LayerNorm's default; every LayerNorm of the trainable model uses it (SPEC §4.1).
+# PyTorch nn.LayerNorm's default; every LayerNorm of the trainable model uses it (docs/method.md §4.1).
 LN_EPS = 1e-5
 
 # nn.Linear's default weight init, kaiming_uniform(a=sqrt(5)), is U(+-1/sqrt(fan_in)):
@@ -31,7 +31,7 @@ def torch_bias_init(fan_in: int) -> nn.initializers.Initializer:
 
 
 def scaled_normal_init(dim: int) -> nn.initializers.Initializer:
-  """N(0, 1) * dim^-1/2: slot placeholders and the decoder position embedding (SPEC §5)."""
+  """N(0, 1) * dim^-1/2: slot placeholders and the decoder position embedding (docs/method.md §5)."""
 
   def init(key, shape, dtype=jnp.float32):
     return jax.random.normal(key, shape, dtype) * dim ** -0.5
@@ -57,7 +57,7 @@ class MLP(nn.Module):
 
   Used for the feature MLP, the slot-attention residual MLP and the decoder. Weights
   follow PyTorch's Linear default, **all biases start at 0** (the reference's MLP
-  class overrides them, SPEC §5). Submodules: 'norm' (if `layer_norm_first`), then
+  class overrides them, docs/method.md §5). Submodules: 'norm' (if `layer_norm_first`), then
   'dense_0' ... 'dense_{len(hidden)}'.
 
   Attributes:
@@ -104,7 +104,7 @@ def mask_slots(logits: jax.Array, active: jax.Array, axis: int) -> jax.Array:
 
   logits: any shape with the slot axis at `axis`; active: [max_slots] bool. After a
   softmax over `axis` the inactive entries are exactly 0 and get exactly zero
-  gradient, while every computation stays finite (SPEC §17.3-17.4).
+  gradient, while every computation stays finite (docs/method.md §17.3-17.4).
   """
   shape = [1] * logits.ndim
   shape[axis] = active.shape[0]

@@ -1,4 +1,4 @@
-"""The predictor: a pre-norm transformer over the slots of one frame (SPEC §4.5)."""
+"""The predictor: a pre-norm transformer over the slots of one frame (docs/method.md §4.5)."""
 from __future__ import annotations
 
 from typing import Any
@@ -11,7 +11,7 @@ from slotcurri_jax.models import layers
 
 
 def _xavier_per_projection(dim: int) -> nn.initializers.Initializer:
-  """Xavier-uniform on each [D, D] block of the fused [D, 3D] qkv kernel (SPEC §5).
+  """Xavier-uniform on each [D, D] block of the fused [D, 3D] qkv kernel (docs/method.md §5).
 
   Xavier on the fused kernel would see fan_out = 3D and a smaller bound.
   """
@@ -49,11 +49,11 @@ class PredictorBlock(nn.Module):
     q, kk, v = (t.reshape(b, k, self.num_heads, head_dim) for t in jnp.split(qkv, 3, axis=-1))
     scale = head_dim ** -0.5
     if self.logit_scale == 'reference':
-      q = q / scale  # Q1: the reference divides q by d_h^-1/2, i.e. logits * sqrt(d_h)
+      q = q / scale  # quirk 1: the reference divides q by d_h^-1/2, i.e. logits * sqrt(d_h)
     elif self.logit_scale == 'standard':
       q = q * scale
     else:
-      raise ValueError(f"model.predictor.logit_scale={self.logit_scale!r}; use 'reference' (Q1) "
+      raise ValueError(f"model.predictor.logit_scale={self.logit_scale!r}; use 'reference' (quirk 1) "
                        "or 'standard'")
     logits = jnp.einsum('bqhd,bkhd->bhqk', q, kk).astype(jnp.float32)
     attn = jax.nn.softmax(layers.mask_slots(logits, active, axis=3), axis=-1)

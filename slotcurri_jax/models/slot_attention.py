@@ -1,4 +1,4 @@
-"""The corrector: single-head slot attention with a PyTorch-layout GRU (SPEC §4.4)."""
+"""The corrector: single-head slot attention with a PyTorch-layout GRU (docs/method.md §4.4)."""
 from __future__ import annotations
 
 from typing import Any
@@ -20,7 +20,7 @@ class GRUCell(nn.Module):
   """torch.nn.GRUCell: two [in, 3H] kernels and two [3H] biases, gate order (r, z, n).
 
   Flax's GRUCell folds the r/z bias pairs into one; keeping PyTorch's layout makes
-  checkpoint import a plain copy (kernel = weight.T) and the init match (SPEC §4.4):
+  checkpoint import a plain copy (kernel = weight.T) and the init match (docs/method.md §4.4):
   every weight and bias ~ U(+-1/sqrt(H)). Params: 'input' {kernel, bias} (weight_ih,
   bias_ih) and 'hidden' {kernel, bias} (weight_hh, bias_hh).
   """
@@ -42,12 +42,12 @@ class GRUCell(nn.Module):
 
 
 class SlotAttention(nn.Module):
-  """Single-head slot attention, no q/k/v bias (Q3), GRU + residual MLP update.
+  """Single-head slot attention, no q/k/v bias (quirk 3), GRU + residual MLP update.
 
   Attributes:
     slot_dim: D_s, the width of inputs, slots, q, k and v.
     eps: added to the attention before renormalising over inputs.
-    gru_hidden: 'normed' (Q2, the reference: GRU hidden = LN(slots)) | 'raw' (textbook).
+    gru_hidden: 'normed' (quirk 2, the reference: GRU hidden = LN(slots)) | 'raw' (textbook).
     mlp_ratio: hidden width of the residual MLP in units of slot_dim.
     dtype: compute dtype of the Linears; softmaxes run in float32.
   """
@@ -60,7 +60,7 @@ class SlotAttention(nn.Module):
   def setup(self):
     if self.gru_hidden not in ('normed', 'raw'):
       raise ValueError(f"model.slot_attention.gru_hidden={self.gru_hidden!r}; use 'normed' "
-                       "(reference, Q2) or 'raw' (textbook)")
+                       "(reference, quirk 2) or 'raw' (textbook)")
     d = self.slot_dim
     self.norm_features = layers.layer_norm()
     self.norm_slots = layers.layer_norm()

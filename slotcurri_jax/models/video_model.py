@@ -1,6 +1,6 @@
 """The video slot model: encoder -> feature MLP -> (corrector + predictor) over time -> decoder.
 
-SAVi's decomposition with the SlotContrast / SlotCurri numerics (SPEC §2, §4, §8, §17):
+SAVi's decomposition with the SlotContrast / SlotCurri numerics (docs/method.md §2, §4, §8, §17):
 
   X_t = encoder(x_t)                      frame-wise; frozen DINOv2 or the demo CNN
   F_t = feature_mlp(X_t)                  LN -> Linear -> ReLU -> Linear
@@ -10,7 +10,7 @@ SAVi's decomposition with the SlotContrast / SlotCurri numerics (SPEC §2, §4, 
 
 Slots are always padded to max_slots; `active_mask` [max_slots] says which take part.
 Inactive rows are masked (large finite negative logits) in the slot-attention softmax,
-the predictor's attention keys and the decoder's alpha softmax (SPEC §17.3), so the
+the predictor's attention keys and the decoder's alpha softmax (docs/method.md §17.3), so the
 active rows equal a model with only those rows and inactive placeholders get exactly
 zero gradient. Inactive rows of slots / logits hold finite, meaningless values.
 
@@ -75,8 +75,8 @@ class VideoSlotModel(nn.Module):
     slot_dim, max_slots: D_s and the padded slot count.
     feature_mlp_hidden: hidden width of the feature MLP.
     iters_first, iters: slot-attention iterations on frame 0 and later frames.
-    eps, gru_hidden: slot attention (SPEC §4.4, Q2).
-    predictor_blocks, predictor_heads, predictor_mlp_ratio, logit_scale: SPEC §4.5 (Q1).
+    eps, gru_hidden: slot attention (docs/method.md §4.4, quirk 2).
+    predictor_blocks, predictor_heads, predictor_mlp_ratio, logit_scale: docs/method.md §4.5 (quirk 1).
     decoder_hidden: hidden widths of the decoder MLP.
     decoder_pos_init: 'normal' (reference) or 'sincos' init of the decoder position embedding.
     decoder_remat: recompute the decoder MLP's activations in the backward pass.
