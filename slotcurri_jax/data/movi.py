@@ -128,21 +128,29 @@ def train_example(example: dict, seed: tf.Tensor, config) -> dict:
   return {'video': tf.ensure_shape(transforms.normalize(clip), [clip_len, size, size, 3])}
 
 
-def eval_example(example: dict, config) -> dict:
-  """A whole video: video float32 [T, R, R, 3], segmentations int32 [T, R, R] ids,
-  num_frames, and max_id (the largest raw id, checked against max_instances by the caller)."""
+def _decode_video(example: dict, config):
+  """A whole evaluation video: frames uint8 [T, h, w, 3], its ids int32 [T, R, R] resized
+  by nearest-exact sampling, T, h and w."""
   size = config.data.resolution
   encoded = example['video']
   num_frames = tf.shape(encoded)[0]
   frames = transforms.decode_frames(encoded, tf.range(num_frames))
   ids = transforms.decode_frames(example['segmentations'], tf.range(num_frames), channels=1)[..., 0]
   height, width = tf.shape(frames)[1], tf.shape(frames)[2]
-  video = transforms.resize_bicubic(tf.cast(frames, tf.float32) / 255.0,
-                                    transforms.cubic_weights(height, size),
-                                    transforms.cubic_weights(width, size))
   ids = transforms.resize_nearest(tf.cast(ids, tf.int32),
                                  transforms.nearest_exact_indices(height, size),
                                  transforms.nearest_exact_indices(width, size), axis=1)
+  return frames, ids, num_frames, height, width
+
+
+def eval_example(example: dict, config) -> dict:
+  """A whole video: video float32 [T, R, R, 3], segmentations int32 [T, R, R] ids,
+  num_frames, and max_id (the largest raw id, checked against max_instances by the caller)."""
+  size = config.data.resolution
+  frames, ids, num_frames, height, width = _decode_video(example, config)
+  video = transforms.resize_bicubic(tf.cast(frames, tf.float32) / 255.0,
+                                    transforms.cubic_weights(height, size),
+                                    transforms.cubic_weights(width, size))
   return {'video': transforms.normalize(video), 'segmentations': ids, 'num_frames': num_frames,
           'max_id': tf.reduce_max(ids)}
 
@@ -174,16 +182,8 @@ def train_example_raw(example: dict, seed: tf.Tensor, config) -> dict:
 def eval_example_raw(example: dict, config) -> dict:
   """`eval_example` with frames uint8 [T, h, w, 3] (+ size, crop, flip False) in place
   of its video; the ids are resized to R on the host as there."""
-  size = config.data.resolution
-  encoded = example['video']
-  num_frames = tf.shape(encoded)[0]
-  frames = transforms.decode_frames(encoded, tf.range(num_frames))
-  ids = transforms.decode_frames(example['segmentations'], tf.range(num_frames), channels=1)[..., 0]
-  height, width = tf.shape(frames)[1], tf.shape(frames)[2]
-  ids = transforms.resize_nearest(tf.cast(ids, tf.int32),
-                                 transforms.nearest_exact_indices(height, size),
-                                 transforms.nearest_exact_indices(width, size), axis=1)
-  geometry, crop = raw_geometry(height, width, size)
+  frames, ids, num_frames, height, width = _decode_video(example, config)
+  geometry, crop = raw_geometry(height, width, config.data.resolution)
   return {'frames': frames, 'size': geometry, 'crop': crop, 'flip': tf.constant(False),
           'segmentations': ids, 'num_frames': num_frames, 'max_id': tf.reduce_max(ids)}
 

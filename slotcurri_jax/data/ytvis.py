@@ -352,14 +352,15 @@ def _short_side(height, width, size: int):
   return tf.where(portrait, long_h, size), tf.where(portrait, size, long_w)
 
 
-def train_example(example: dict, seed: tf.Tensor, config) -> dict:
-  """A random clip: short side resized to R (bicubic), one random R x R crop for the clip."""
+def _sample_clip(example: dict, seed: tf.Tensor, config):
+  """The random choices of a training clip and its decoded frames: (frames uint8
+  [clip_len, h, w, 3], h, w, the resized short-side size (new_h, new_w), the crop's top and
+  left in it, and the flip's seed). A video shorter than the clip repeats its last frame."""
   clip_len, size = config.data.train_clip_len, config.data.resolution
   offset_seed, crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
   encoded = example['video']
   num_frames = tf.shape(encoded)[0]
   offset = transforms.clip_offset(num_frames, clip_len, offset_seed)
-  # A video shorter than the clip repeats its last frame.
   frames = transforms.decode_frames(encoded,
                                     tf.minimum(offset + tf.range(clip_len), num_frames - 1))
   height, width = tf.shape(frames)[1], tf.shape(frames)[2]
@@ -367,6 +368,13 @@ def train_example(example: dict, seed: tf.Tensor, config) -> dict:
   top_seed, left_seed = tf.unstack(tf.random.experimental.stateless_split(crop_seed, 2))
   top = tf.random.stateless_uniform([], top_seed, 0, new_h - size + 1, dtype=tf.int32)
   left = tf.random.stateless_uniform([], left_seed, 0, new_w - size + 1, dtype=tf.int32)
+  return frames, height, width, new_h, new_w, top, left, flip_seed
+
+
+def train_example(example: dict, seed: tf.Tensor, config) -> dict:
+  """A random clip: short side resized to R (bicubic), one random R x R crop for the clip."""
+  clip_len, size = config.data.train_clip_len, config.data.resolution
+  frames, height, width, new_h, new_w, top, left, flip_seed = _sample_clip(example, seed, config)
   # Only the rows/columns of the crop are computed: rows of a resize are independent.
   rows = transforms.cubic_weights(height, new_h)[top:top + size]
   cols = transforms.cubic_weights(width, new_w)[left:left + size]
@@ -442,17 +450,7 @@ def train_example_raw(example: dict, seed: tf.Tensor, config) -> dict:
   `raw_window`), size (h, w, new_h, new_w), crop (top, left, row0, col0), flip."""
   clip_len, size = config.data.train_clip_len, config.data.resolution
   pad = raw_window(config)
-  offset_seed, crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
-  encoded = example['video']
-  num_frames = tf.shape(encoded)[0]
-  offset = transforms.clip_offset(num_frames, clip_len, offset_seed)
-  frames = transforms.decode_frames(encoded,
-                                    tf.minimum(offset + tf.range(clip_len), num_frames - 1))
-  height, width = tf.shape(frames)[1], tf.shape(frames)[2]
-  new_h, new_w = _short_side(height, width, size)
-  top_seed, left_seed = tf.unstack(tf.random.experimental.stateless_split(crop_seed, 2))
-  top = tf.random.stateless_uniform([], top_seed, 0, new_h - size + 1, dtype=tf.int32)
-  left = tf.random.stateless_uniform([], left_seed, 0, new_w - size + 1, dtype=tf.int32)
+  frames, height, width, new_h, new_w, top, left, flip_seed = _sample_clip(example, seed, config)
   row0 = _window_start(height, new_h, top, size, pad)
   col0 = _window_start(width, new_w, left, size, pad)
   window = frames[:, row0:row0 + pad, col0:col0 + pad]
