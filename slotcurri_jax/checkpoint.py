@@ -15,6 +15,7 @@ key listed, before anything in it is touched.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -181,6 +182,7 @@ class Checkpointer:
     steps = sorted(self._manager.all_steps(), reverse=True) if step is None else [step]
     if not steps:
       raise cli.UserError(f'no checkpoint in {self.directory}')
+    self._check_state_fields(steps[0])
     failures = []
     for s in steps:
       try:
@@ -200,6 +202,24 @@ class Checkpointer:
     raise cli.UserError(f'no readable checkpoint in {self.directory} ('
                         + '; '.join(failures) + '). Use another --workdir, or delete the '
                         'unreadable steps to start again.')
+
+  def _check_state_fields(self, step: int) -> None:
+    """A checkpoint whose train state has other top-level fields was written by another
+    version of slotcurri_jax: say so (and that its params still evaluate) instead of
+    treating it as unreadable and moving it aside."""
+    try:
+      meta = _tree(ocp.PyTreeCheckpointer().metadata(self.directory / str(step) / 'state'))
+      saved = set(meta)
+    except Exception:  # unreadable metadata: the restore reports it  # pylint: disable=broad-except
+      return
+    want = {f.name for f in dataclasses.fields(train_state_lib.TrainState) if f.name != 'tx'}
+    if saved != want:
+      raise cli.UserError(
+          f'checkpoint {self.directory / str(step)} was written by another version of '
+          f'slotcurri_jax (its train state has {sorted(saved)}, this version {sorted(want)}), '
+          'so training cannot resume from it. Train in a new --workdir; --mode=eval and '
+          f'infer still read its params (--checkpoint={self.directory / str(step)}). Nothing '
+          'in the workdir was changed.')
 
   def _move_aside(self, steps: list[int]) -> None:
     aside = self.directory.parent / 'checkpoints_unreadable'

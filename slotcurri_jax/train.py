@@ -162,9 +162,11 @@ def make_train_step(run: Run, num_slots: int | None = None, *, diagnostics: bool
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """train_step(state, batch) -> (state, metrics).
 
-  batch[run.spec.input_key]: video [B, T, H, W, 3] or tokens [B, T, N, D_in]; optional
-  batch['spawn_directions']: [max_slots, D_s] unit rows for the spawn of a boundary step
-  (row r for the r-th child); by default they are drawn from fold_in(state.rng, step).
+  batch[run.spec.input_key]: video [B, T, H, W, 3] or tokens [B, T, N, D_in] (or the raw
+  frames of data/device_preprocess.py). Optional batch['spawn_directions']:
+  [B, max_slots, D_s], the same unit rows repeated for every example (so that it is
+  sharded like the rest of the batch on any mesh), row r for the r-th child of a
+  boundary step's spawn; by default the directions are drawn from fold_in(state.rng, step).
 
   One update s = state.step, in the original's order (docs/method.md §10.3):
     1. at a boundary step, spawn children into the placeholders (error of step s - 1);
@@ -193,7 +195,7 @@ def make_train_step(run: Run, num_slots: int | None = None, *, diagnostics: bool
     key = jax.random.fold_in(state.rng, state.step)
     placeholders, spawn_counts = curriculum.spawn_at(
         state.step, video_model.get_placeholders(state.params), state.slot_error, key,
-        batch.get('spawn_directions'))
+        batch['spawn_directions'][0] if 'spawn_directions' in batch else None)
     params = video_model.set_placeholders(state.params, placeholders)
     active = curriculum.active_mask(state.step)
     computed = active if num_slots is None else active[:num_slots]

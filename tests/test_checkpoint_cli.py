@@ -91,3 +91,26 @@ def test_workdir_of_another_method_is_refused_and_unchanged(capsys, tmp_path, tr
   assert any(l.strip().startswith(expected) for l in message), message
   assert message[-1].endswith('nothing in the workdir was changed.')
   assert snapshot(workdir) == before
+
+
+def test_a_checkpoint_of_another_version_is_named_not_moved(tmp_path):
+  """A train state with other top-level fields (an older version's active_mask and stage)
+  is refused as such; the checkpoint stays where it is."""
+  import jax.numpy as jnp
+  import orbax.checkpoint as ocp
+  from conftest import tiny_config
+  from slotcurri_jax import checkpoint as checkpoint_lib
+  from slotcurri_jax import cli
+  old = {'step': jnp.int32(3), 'params': {'w': jnp.ones(2)}, 'opt_state': {'mu': jnp.zeros(2)},
+         'active_mask': jnp.ones(5, bool), 'stage': jnp.int32(1), 'slot_error': jnp.zeros((1, 5)),
+         'rng': jnp.zeros(2, jnp.uint32)}
+  manager = ocp.CheckpointManager(tmp_path / 'checkpoints')
+  manager.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(old)))
+  manager.wait_until_finished()
+  manager.close()
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path), tiny_config())
+  with pytest.raises(cli.UserError, match='another version of slotcurri_jax'):
+    ckpt.restore(old)
+  ckpt.close()
+  assert (tmp_path / 'checkpoints' / '3').is_dir()
+  assert not (tmp_path / 'checkpoints_unreadable').exists()

@@ -149,3 +149,32 @@ def test_active_slots_only_gives_the_padded_losses_with_one_compile_per_stage(va
   # losses of later steps above are the test that both runs follow the same params.
   np.testing.assert_allclose(padded_state.slot_error, state.slot_error, rtol=1e-5, atol=1e-7)
   assert int(state.step) == int(padded_state.step) == 6
+
+
+def test_injected_spawn_directions_on_eight_devices():
+  """batch['spawn_directions'] ([B, max_slots, D_s], sharded like the batch): 5 rows on 8
+  devices work, and the spawned rows equal the one-device ones (and differ from the
+  key-drawn default)."""
+  config = tiny_config()
+  config.data.batch_size = 8
+  config.loss.contrast_group_size = 4
+  config.curriculum.schedule = ((0, 2), (1, 5))  # spawn at the start of update 1
+  batches = _fake_batches(config, 2, seed=2)
+  directions = np.random.default_rng(3).normal(size=(5, config.model.slot_dim))
+  directions = (directions / np.linalg.norm(directions, axis=-1, keepdims=True)).astype(np.float32)
+
+  def spawned(mesh, inject):
+    run = train.Run.from_config(config)
+    state, shardings = train.create_state(run, mesh, jax.random.PRNGKey(0))
+    step_fn = train.jit_train_step(run, mesh, shardings, diagnostics=True)
+    for batch in batches:
+      if inject:
+        batch = dict(batch, spawn_directions=np.repeat(directions[None], len(batch['video']), 0))
+      state, metrics = step_fn(state, parallel.host_to_global(batch, mesh))
+    return np.asarray(jax.device_get(metrics['placeholders']))
+
+  one = spawned(parallel.create_mesh(devices=jax.devices()[:1]), True)
+  eight = spawned(parallel.create_mesh(), True)
+  drawn = spawned(parallel.create_mesh(devices=jax.devices()[:1]), False)
+  np.testing.assert_allclose(eight, one, rtol=1e-6, atol=1e-7)
+  assert not np.allclose(drawn[2:], one[2:])

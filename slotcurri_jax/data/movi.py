@@ -215,4 +215,5 @@ def spec(name: str, build=builder) -> spec_lib.DatasetSpec:
       eval_example=eval_example, eval_example_raw=eval_example_raw,
       check_video=check_video, shuffle_buffer=lambda config: config.data.shuffle_buffer,
       eval_lengths=lambda builder: None, eval_limit=lambda config: None,
+      eval_frame_side=lambda config, builder: max(builder.info.features['video'].shape[1:3]),
       metric_convention='movi')

@@ -346,8 +346,11 @@ def eval_iterator(config, *, process_index: int | None = None,
       longest = max(lengths[i] for a, c in ranges
                     for i in range(a + b * batch, min(a + (b + 1) * batch, c)))
       t_pad = int(math.ceil(longest / 8) * 8)
-    pad = _pad_raw_batch if config.data.preprocess_on_device else _pad_batch
-    yield pad(videos, batch, t_pad, config.data.resolution)
+    if config.data.preprocess_on_device:
+      yield _pad_raw_batch(videos, batch, t_pad, config.data.resolution,
+                           spec.eval_frame_side(config, builder))
+    else:
+      yield _pad_batch(videos, batch, t_pad, config.data.resolution)
 
 
 def _pad_batch(videos: list[dict], batch: int, t_pad: int, size: int) -> dict[str, np.ndarray]:
@@ -367,14 +370,13 @@ def _pad_batch(videos: list[dict], batch: int, t_pad: int, size: int) -> dict[st
   return out
 
 
-def _pad_raw_batch(videos: list[dict], batch: int, t_pad: int, size: int
+def _pad_raw_batch(videos: list[dict], batch: int, t_pad: int, size: int, side: int
                    ) -> dict[str, np.ndarray]:
-  """`_pad_batch` for raw videos (frames uint8 at their stored size, padded in space to
-  the batch's largest; fillers are black frames with the first video's geometry)."""
-  height = max(v['frames'].shape[1] for v in videos)
-  width = max(v['frames'].shape[2] for v in videos)
-  out = {'frames': np.zeros((batch, t_pad, height, width, 3), np.uint8),
-         'size': np.tile(np.asarray(videos[0]['size'], np.int32), (batch, 1)),
+  """`_pad_batch` for raw videos: frames uint8 at their stored size, zero-padded in space
+  to the dataset's `side` (the same on every host, also for a host whose last batch holds
+  no video); fillers are black side x side frames."""
+  out = {'frames': np.zeros((batch, t_pad, side, side, 3), np.uint8),
+         'size': np.tile(np.asarray([side, side, size, size], np.int32), (batch, 1)),
          'crop': np.zeros((batch, 4), np.int32),
          'flip': np.zeros((batch,), bool),
          'segmentations': np.zeros((batch, t_pad, size, size), np.int32),
@@ -385,6 +387,9 @@ def _pad_raw_batch(videos: list[dict], batch: int, t_pad: int, size: int
     if t > t_pad:
       raise ValueError(f'video {v["video_name"].decode()!r} has {t} frames > padded {t_pad}')
     h, w = v['frames'].shape[1:3]
+    if max(h, w) > side:
+      raise ValueError(f'video {v["video_name"].decode()!r} has {h}x{w} frames, larger than '
+                       f'the {side}x{side} its dataset declares (DatasetSpec.eval_frame_side)')
     out['frames'][b, :t, :h, :w] = v['frames']
     out['frames'][b, t:, :h, :w] = v['frames'][t - 1]  # repeat the last frame
     for key in ('size', 'crop', 'flip'):

@@ -31,6 +31,8 @@ class DatasetSpec:
   eval_lengths(builder): per-video lengths of the evaluation split in order, or None
     when every video has the builder's fixed length.
   eval_limit(config): at most this many evaluation videos (None: no limit of its own).
+  eval_frame_side(config, builder): the side S of the stored evaluation frames that raw
+    batches carry (each frame fits in S x S; batches are padded to it on every host).
   metric_convention: 'movi' | 'ytvis', how per-frame metrics count frames (metrics.py).
   """
   name: str
@@ -45,6 +47,7 @@ class DatasetSpec:
   shuffle_buffer: Callable[[Any], int]
   eval_lengths: Callable[[Any], Optional[list]]
   eval_limit: Callable[[Any], Optional[int]]
+  eval_frame_side: Callable[[Any, Any], int]
   metric_convention: str
 
 

@@ -503,4 +503,6 @@ DATASET_SPEC = spec_lib.DatasetSpec(
     # The held-out videos vary in length (the manifest has them, in order).
     eval_lengths=lambda builder: [v['num_frames'] for v in read_manifest(builder)['heldout']],
     eval_limit=lambda config: config.eval.ytvis_num_videos,  # quirk 11
+    # Evaluation ships each pre-passed video's centre square, whose side is the short side.
+    eval_frame_side=lambda config, builder: config.data.ytvis.prepass_short_side,
     metric_convention='ytvis')

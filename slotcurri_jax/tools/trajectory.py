@@ -145,7 +145,9 @@ def replay(data, config=None) -> dict:
   params_after: dict[int, Any] = {}
   for s in range(steps):
     before = jax.device_get(state.params)
-    batch = {'features': x_pool[order[s]], 'spawn_directions': directions[s]}
+    tokens = x_pool[order[s]]
+    batch = {'features': tokens,
+             'spawn_directions': np.repeat(directions[s][None], tokens.shape[0], axis=0)}
     state, metrics = step_for(s)(state, parallel.host_to_global(batch, mesh))
     metrics = jax.device_get(metrics)
     after = jax.device_get(state.params)
