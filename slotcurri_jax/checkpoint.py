@@ -352,8 +352,9 @@ def load_params_and_step(path: str) -> tuple[Any, int]:
 
 def check_params(model, params: Any, config, source: str) -> None:
   """Raise if params do not have the tree and shapes of `model` (a config mismatch)."""
-  r = config.data.resolution
-  expected = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 1, r, r, 3)),
+  from slotcurri_jax.models import encoders  # pylint: disable=import-outside-toplevel
+  example = encoders.encoder_spec(config).example_input(config)  # video or tokens
+  expected = jax.eval_shape(model.init, jax.random.PRNGKey(0), example,
                             jnp.ones((config.model.max_slots,), bool))['params']
   flat_want = {jax.tree_util.keystr(k): v.shape
                for k, v in jax.tree_util.tree_leaves_with_path(expected)}

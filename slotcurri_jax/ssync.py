@@ -320,7 +320,8 @@ def ssync_losses(z_enc: jax.Array, z_dec: jax.Array, active_mask: jax.Array, *,
 def ssync_weight(step: jax.Array | int, start_step: jax.Array | int) -> jax.Array:
   """The synergistic warm-up gate (docs/method.md §9.7): 0.0 while step < start_step, then 1.0.
 
-  A hard switch, no ramp; start_step = floor(ssync.start_fraction * s_max). Pass the
+  A hard switch, no ramp; start_step = ceil(ssync.start_fraction * s_max), the original's
+  float comparison (objective.switch_step). Pass the
   train state's step as a traced array (and start_step as a Python int or array):
   the result is a traced float32 scalar, so one compiled train step serves both
   sides of the switch. Multiply the weighted SSync losses by it; the losses are

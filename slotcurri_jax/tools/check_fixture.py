@@ -100,6 +100,7 @@ def slot_model_config(cfg: dict):
   c.model.predictor.num_heads = pc['n_heads']
   c.model.predictor.mlp_ratio = pc['ffn_hidden'] // sizes['D_s']
   c.loss.ss_temperature = cfg['losses']['ss']['temperature']
+  c.loss.contrast_group_size = sizes['B']  # the original pooled its whole batch
   weights = cfg['losses']['weights']
   c.loss.mse_weight, c.loss.ss_weight, c.loss.ssim_weight = (
       weights['mse'], weights['ss'], weights['ssim'])
