@@ -5,19 +5,19 @@ r"""The offline demo: synthetic MOVi-like videos, a small CNN encoder, 2 CPU cor
   python -m slotcurri_jax.main --config=configs/demo.py:ssync --workdir=/tmp/demo_ssync
 
 Generates `synthetic_movi` (64x64, 24 frames, 3-6 objects) into
-~/tensorflow_datasets on first use (about 1.5 minutes), trains 1200 steps (11 min
-27 s wall-clock for the default on our 2 CPU cores, 2.4 GB peak RSS), then
-evaluates the 64 validation videos and writes eval/metrics_latest.json,
-TensorBoard logs, checkpoints and mask figures into the workdir. The CNN's
-reconstruction target is the frame's 8x8 patch pixels (an 8x8 grid, D_f = 192),
-so the slot stack is the papers' at a small size: D_s 64, 7 slots, decoder 256x3.
+~/tensorflow_datasets on first use, trains 1200 steps with a progress bar, then
+evaluates the 64 validation videos and writes eval/metrics_latest.json, TensorBoard
+logs, checkpoints and mask figures into the workdir (10-15 minutes on our 2 CPU cores
+while a second run shared them, about 2 GB peak RSS). The CNN's reconstruction target is the frame's 8x8 patch pixels
+(an 8x8 grid, D_f = 192), so the slot stack is the papers' at a small size: D_s 64,
+7 slots, decoder 256x3.
 
-Measured by us, seeds 0 and 1 (video FG-ARI / video mBO x 100, fragmentation;
-README "Results"; the two methods are within each other's seed spread here):
-  slotcurri (default)  22.2 / 14.1, 0.045 and 22.3 / 14.1, 0.039   (cyclic rollout)
-  slotcontrast         22.8 / 14.7, 0.052 and 20.5 / 13.4, 0.041   (forward rollout)
-  ssync (tau 0.7)      17.6 /  9.4, 0.003   (tau 0.9: 20.5 / 11.8, 0.055)
-  slotcurri_ssync      2.6 / 7.1, 0.008   (collapses; see README)
+Measured at this release, seeds 0 and 1 (video FG-ARI / video mBO x 100, fragmentation;
+README "Results"; the seed-to-seed spread is larger than the differences between methods):
+  slotcurri (default)  24.0 / 14.4, 0.052 and 19.8 / 13.0, 0.022   (cyclic rollout)
+  slotcontrast         22.4 / 14.2, 0.035 and 19.3 / 12.5, 0.016   (forward rollout)
+  ssync (tau 0.7)      12.5 /  8.4, 0.004 and 23.2 / 11.4, 0.010
+  slotcurri_ssync      11.9 /  7.6, 0.000   (seed 0 only)
 The papers' numbers are for DINOv2 features on MOVi (configs/movi_c.py), not this demo.
 """
 from slotcurri_jax import config as config_lib
