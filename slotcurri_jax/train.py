@@ -311,7 +311,8 @@ def train_and_evaluate(config, workdir: str, *, evaluate_at_end: bool = True) ->
         scalars = _mean_metrics(pending)  # blocks on this step: the bar catches up
         bar.update(step - bar.n)
         pending = []
-        bar.set_postfix(loss=f'{scalars["loss_total"]:.4g}', slots=int(scalars['active_slots']),
+        bar.set_postfix(loss=f'{scalars["loss_total"]:.4g}',  # the window's mean loss
+                        slots=int(jax.device_get(metrics['active_slots'])),  # now, not a mean
                         refresh=False)
         rate = None if bar.disable else bar.format_dict.get('rate')  # computed steps/s
         writer.write_scalars(step, dict(scalars, **({'steps_per_sec': rate} if rate else {})))
