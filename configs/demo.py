@@ -17,7 +17,7 @@ README "Results"; the seed-to-seed spread is larger than the differences between
   slotcurri (default)  24.0 / 14.4, 0.052 and 19.8 / 13.0, 0.022   (cyclic rollout)
   slotcontrast         22.4 / 14.2, 0.035 and 19.3 / 12.5, 0.016   (forward rollout)
   ssync (tau 0.7)      12.5 /  8.4, 0.004 and 23.2 / 11.4, 0.010
-  slotcurri_ssync      11.9 /  7.6, 0.000   (seed 0 only)
+  slotcurri_ssync      11.9 /  7.6, 0.000 and  1.9 /  6.4, 0.003
 The papers' numbers are for DINOv2 features on MOVi (configs/movi_c.py), not this demo.
 """
 from slotcurri_jax import config as config_lib
