@@ -397,6 +397,15 @@ def eval_example(example: dict, config) -> dict:
   Also returns num_channels (instance channels) and max_overlap (the most
   instances on one evaluated pixel), checked by the caller with the video's name.
   """
+  frames, labels = _centre_video(example, config)
+  weights = transforms.cubic_weights(tf.shape(frames)[1], config.data.resolution)
+  video = transforms.resize_bicubic(tf.cast(frames, tf.float32) / 255.0, weights, weights)
+  return dict(labels, video=transforms.normalize(video))
+
+
+def _centre_video(example: dict, config):
+  """The centre square of a whole video: frames uint8 [T, S, S, 3] and the labels
+  {segmentations [T, R, R] ids (0 = none), num_frames, num_channels, max_overlap}."""
   size = config.data.resolution
   encoded = example['video']
   num_frames = tf.shape(encoded)[0]
@@ -404,8 +413,6 @@ def eval_example(example: dict, config) -> dict:
   height, width = tf.shape(frames)[1], tf.shape(frames)[2]
   top, left, side = _centre_crop(height, width)
   frames = frames[:, top:top + side, left:left + side]
-  weights = transforms.cubic_weights(side, size)
-  video = transforms.resize_bicubic(tf.cast(frames, tf.float32) / 255.0, weights, weights)
   # uint8 keeps [T, H, W, instances] small; a pixel's count cannot reach 256.
   masks = tf.cast(example['masks'][:, top:top + side, left:left + side] != 0, tf.uint8)
   count = tf.reduce_sum(masks, axis=-1)
@@ -413,8 +420,8 @@ def eval_example(example: dict, config) -> dict:
   index = transforms.nearest_exact_indices(side, size)
   overlap = transforms.resize_nearest(count, index, index, axis=1)  # the evaluated pixels only
   ids = transforms.resize_nearest(ids, index, index, axis=1)
-  return {'video': transforms.normalize(video), 'segmentations': ids, 'num_frames': num_frames,
-          'num_channels': tf.shape(masks)[-1], 'max_overlap': tf.reduce_max(overlap)}
+  return frames, {'segmentations': ids, 'num_frames': num_frames,
+                  'num_channels': tf.shape(masks)[-1], 'max_overlap': tf.reduce_max(overlap)}
 
 
 # Raw examples for config.data.preprocess_on_device (data/device_preprocess.py): the same
@@ -466,22 +473,10 @@ def eval_example_raw(example: dict, config) -> dict:
   """`eval_example` with the centre square's frames uint8 [T, side, side, 3] (+ size,
   crop, flip False) in place of its video; masks -> ids on the host as there."""
   size = config.data.resolution
-  encoded = example['video']
-  num_frames = tf.shape(encoded)[0]
-  frames = transforms.decode_frames(encoded, tf.range(num_frames))
-  height, width = tf.shape(frames)[1], tf.shape(frames)[2]
-  top, left, side = _centre_crop(height, width)
-  frames = frames[:, top:top + side, left:left + side]
-  masks = tf.cast(example['masks'][:, top:top + side, left:left + side] != 0, tf.uint8)
-  count = tf.reduce_sum(masks, axis=-1)
-  ids = tf.where(count > 0, tf.argmax(masks, axis=-1, output_type=tf.int32) + 1, 0)
-  index = transforms.nearest_exact_indices(side, size)
-  overlap = transforms.resize_nearest(count, index, index, axis=1)
-  ids = transforms.resize_nearest(ids, index, index, axis=1)
-  return {'frames': frames, 'size': tf.stack([side, side, size, size]),
-          'crop': tf.zeros([4], tf.int32), 'flip': tf.constant(False),
-          'segmentations': ids, 'num_frames': num_frames,
-          'num_channels': tf.shape(masks)[-1], 'max_overlap': tf.reduce_max(overlap)}
+  frames, labels = _centre_video(example, config)
+  side = tf.shape(frames)[1]
+  return dict(labels, frames=frames, size=tf.stack([side, side, size, size]),
+              crop=tf.zeros([4], tf.int32), flip=tf.constant(False))
 
 
 def check_video(video: dict, video_name: str, config) -> None:
