@@ -80,15 +80,10 @@ def create_state(run: Run, mesh, rng: jax.Array, params: Any = None) -> tuple[Tr
   # First: missing weights fail before compiling.
   pretrained = encoders.load_encoder_params(config) if params is None else None
 
-  def init_params():
-    active = jnp.ones((config.model.max_slots,), bool)
-    p = run.model.init(params_rng, run.spec.example_input(config), active)['params']
-    return scale_init(p, config.model.init_gains)
-
   tx = train_state_lib.make_optimizer(config, run.spec.frozen)
 
   def init():
-    p = init_params()
+    p = init_params(run, params_rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
                       slot_error=run.curriculum.init_error_record(), rng=state_rng, tx=tx)
 
@@ -104,11 +99,16 @@ def create_state(run: Run, mesh, rng: jax.Array, params: Any = None) -> tuple[Tr
   return state, shardings
 
 
+def init_params(run: Run, rng: jax.Array) -> Any:
+  """Freshly initialised params of the run's model (reference init, then model.init_gains)."""
+  active = jnp.ones((run.config.model.max_slots,), bool)
+  params = run.model.init(rng, run.spec.example_input(run.config), active)['params']
+  return scale_init(params, run.config.model.init_gains)
+
+
 def params_template(run: Run) -> Any:
   """The model's params as shapes (ShapeDtypeStructs), nothing allocated."""
-  active = jnp.ones((run.config.model.max_slots,), bool)
-  return jax.eval_shape(lambda: run.model.init(
-      jax.random.PRNGKey(0), run.spec.example_input(run.config), active)['params'])
+  return jax.eval_shape(lambda: init_params(run, jax.random.PRNGKey(0)))
 
 
 def _check_same_tree(given: Any, model: Any) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import types
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax
 import flax.struct
@@ -57,10 +57,6 @@ def learning_rate_schedule(train_config) -> optax.Schedule:
       boundaries=[warmup])
 
 
-class ClipState(NamedTuple):
-  """clip_by_global_norm keeps no state."""
-
-
 def clip_by_global_norm(max_norm: float, eps: float = 1e-6) -> optax.GradientTransformation:
   """The original's clip: every gradient times min(1, max_norm / (||g|| + eps)), with
   ||g|| the L2 norm over all (trainable) gradients (docs/method.md §10.2).
@@ -73,7 +69,7 @@ def clip_by_global_norm(max_norm: float, eps: float = 1e-6) -> optax.GradientTra
     coef = clip_coefficient(optax.tree.norm(updates), max_norm, eps)
     return jax.tree.map(lambda g: g * coef.astype(g.dtype), updates), state
 
-  return optax.GradientTransformation(lambda params: ClipState(), update)
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def clip_coefficient(grad_norm: jax.Array, max_norm: float, eps: float = 1e-6) -> jax.Array:
