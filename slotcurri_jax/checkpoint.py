@@ -22,8 +22,9 @@ import signal
 from typing import Any
 
 from absl import logging
+import flax.serialization
 import jax
-import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -31,7 +32,9 @@ from etils import epath
 
 from slotcurri_jax import cli
 from slotcurri_jax import curriculum
+from slotcurri_jax import params as params_lib
 from slotcurri_jax import train_state as train_state_lib
+from slotcurri_jax.models import encoders
 
 CHECKPOINT_FORMS = ('--checkpoint takes a training workdir (it holds checkpoints/), its '
                     'checkpoints/ directory, one step directory (checkpoints/<step>/, holding '
@@ -89,19 +92,10 @@ def incompatibilities(saved_config: dict, config, saved_shapes: dict | None = No
                  f'saved {saved_schedule}, now {schedule} (set config.curriculum.schedule to '
                  'the saved one to train longer)')
   if saved_shapes is not None and model_shapes is not None:
-    params = [f'{k}: saved {saved_shapes.get(k)}, model {model_shapes.get(k)}'
-              for k in sorted(set(saved_shapes) | set(model_shapes))
-              if saved_shapes.get(k) != model_shapes.get(k)]
+    params = params_lib.differences(saved_shapes, model_shapes, given_name='saved')
     if params:
       diffs.append(f'param shapes: {len(params)} differ, e.g. {"; ".join(params[:2])}')
   return diffs
-
-
-def param_shapes(tree: Any) -> dict[str, tuple]:
-  """'/'-joined path -> shape of every leaf (arrays, ShapeDtypeStructs, orbax metadata)."""
-  from slotcurri_jax import parallel
-  return {parallel.path_name(path): tuple(leaf.shape)
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 class Checkpointer:
@@ -147,8 +141,8 @@ class Checkpointer:
     if model_params is not None:
       try:
         meta = ocp.PyTreeCheckpointer().metadata(self.directory / str(step) / 'state')
-        saved_shapes = param_shapes(_tree(meta)['params'])
-        model_shapes = param_shapes(model_params)
+        saved_shapes = params_lib.shapes(_tree(meta)['params'])
+        model_shapes = params_lib.shapes(model_params)
       except Exception:  # unreadable metadata: the restore reports it
         saved_shapes = model_shapes = None
     diffs = incompatibilities(saved, self.config, saved_shapes, model_shapes)
@@ -232,9 +226,13 @@ class Checkpointer:
         (self.directory / str(s)).rename(target)
         logging.warning('moved the unreadable checkpoint step %d to %s', s, target)
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices('checkpoint_move_aside')
     self._manager.reload()
+
+  def reached_preemption(self, step: int) -> bool:
+    """Several processes: whether every host has reached the step jax's preemption
+    service chose after a SIGTERM (False in one process, or with the service off)."""
+    return self._manager.reached_preemption(step)
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
@@ -323,10 +321,8 @@ def load_params_and_step(path: str) -> tuple[Any, int]:
   if p.is_file() and p.suffix in ('.npz', '.msgpack'):
     try:
       if p.suffix == '.npz':
-        from slotcurri_jax.models import encoders
         params = encoders.load_params_npz(p)
       else:
-        import flax.serialization
         params = flax.serialization.msgpack_restore(p.read_bytes())
     except Exception as e:  # numpy/msgpack raise several types for unreadable files
       raise cli.mark(ValueError(f'params file {p} is corrupt or unreadable: '
@@ -350,46 +346,41 @@ def load_params_and_step(path: str) -> tuple[Any, int]:
   raise cli.mark(ValueError('no readable checkpoint: ' + '; '.join(failures)))
 
 
-def check_params(model, params: Any, config, source: str) -> None:
-  """Raise if params do not have the tree and shapes of `model` (a config mismatch)."""
-  from slotcurri_jax.models import encoders  # pylint: disable=import-outside-toplevel
-  example = encoders.encoder_spec(config).example_input(config)  # video or tokens
-  expected = jax.eval_shape(model.init, jax.random.PRNGKey(0), example,
-                            jnp.ones((config.model.max_slots,), bool))['params']
-  flat_want = {jax.tree_util.keystr(k): v.shape
-               for k, v in jax.tree_util.tree_leaves_with_path(expected)}
-  flat_got = {jax.tree_util.keystr(k): np.shape(v)
-              for k, v in jax.tree_util.tree_leaves_with_path(params)}
-  diffs = [f'{k}: missing' for k in flat_want if k not in flat_got]
-  diffs += [f'{k}: unexpected' for k in flat_got if k not in flat_want]
-  diffs += [f'{k}: {flat_got[k]} vs model {flat_want[k]}' for k in flat_want
-            if k in flat_got and tuple(flat_got[k]) != tuple(flat_want[k])]
-  if diffs:
-    raise ValueError(f'checkpoint {source} does not fit the model of this config '
-                     f'({len(diffs)} differences, e.g. {"; ".join(diffs[:4])}); pass the '
-                     '--config (and overrides) the checkpoint was trained with')
-
-
 class PreemptionGuard:
-  """SIGTERM (preemption, `kill`, SLURM's time limit) and SIGINT (Ctrl-C) become a flag
-  the loop checks after every step: it then saves a checkpoint and exits cleanly. A
-  second SIGINT raises KeyboardInterrupt at once (no save; the last checkpoint stands).
+  """Decides the step at which a signalled run saves a checkpoint and exits.
 
-  Orbax's own preemption check (`CheckpointManager.reached_preemption`) needs the
-  jax.distributed preemption service and sees no signal in a single process, so the
-  handlers are installed here; the loop shares the flag across hosts itself.
+  One process: SIGTERM (preemption, `kill`, SLURM's time limit) and SIGINT (Ctrl-C) set
+  a flag, and `reached(step)` is true after the step in flight.
+
+  Several processes (jax.distributed): jax's preemption service, started by
+  jax.distributed.initialize, catches SIGTERM on any host, tells the others through
+  the coordination service and picks one step at which every host stops; orbax's
+  `CheckpointManager.reached_preemption(step)` says when that step is reached, so no
+  step pays a cross-host collective. Ctrl-C on a host is passed on to that process as
+  SIGTERM and takes the same path. (With jax_enable_preemption_service off, a signal
+  just ends the process; the last checkpoint stands.)
+
+  A second Ctrl-C raises KeyboardInterrupt at once (no save; the last checkpoint stands).
   """
 
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-  def __init__(self):
+  def __init__(self, checkpointer: 'Checkpointer'):
+    self._checkpointer = checkpointer
+    self._multi_process = jax.process_count() > 1
     self.requested = False
     self.signal_name = 'SIGTERM'
     self._previous = {}
 
+  def reached(self, step: int) -> bool:
+    """Whether the run must save and exit after `step` (called after every step)."""
+    if self._multi_process:
+      return self._checkpointer.reached_preemption(step)
+    return self.requested
+
   def __enter__(self):
+    # Several processes: SIGTERM stays with jax's preemption service.
+    signals = (signal.SIGINT,) if self._multi_process else (signal.SIGTERM, signal.SIGINT)
     try:
-      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+      self._previous = {s: signal.signal(s, self._handle) for s in signals}
     except ValueError:  # not the main thread: signals stay with their handlers
       self._previous = {}
     return self
@@ -404,6 +395,8 @@ class PreemptionGuard:
                     self.signal_name,
                     ' (Ctrl-C again exits at once, without saving)' if signum == signal.SIGINT
                     else '')
+    if self._multi_process:
+      signal.raise_signal(signal.SIGTERM)  # to the preemption service: every host stops
 
   def __exit__(self, *exc):
     for s, previous in self._previous.items():

@@ -28,6 +28,7 @@ from typing import Callable, Iterator
 from absl import app
 from absl import flags
 from absl import logging
+from tqdm import tqdm
 
 DEBUG_ENV = 'SLOTCURRI_DEBUG'
 _PACKAGE_DIR = str(pathlib.Path(__file__).resolve().parent)
@@ -238,7 +239,6 @@ class _BarSafeStream:
   """A stream for absl's log handler that prints above the progress bars (tqdm.write)."""
 
   def write(self, text: str) -> None:
-    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
     tqdm.write(text, file=sys.stderr, end='')
 
   def flush(self) -> None:
@@ -252,7 +252,6 @@ def progress_bar(total: int | None, initial: int = 0, desc: str = '', unit: str 
 
   Off a terminal (logs to a file) it refreshes every 30 s instead of several times a second.
   """
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   tty = sys.stderr.isatty()
   # shutil falls back to $COLUMNS/$LINES or 100x20 where a terminal reports 0x0 (a bare
   # pty), in which tqdm would hide the bar.

@@ -9,6 +9,9 @@ otherwise. `None` means "derived from other keys" (see `resolve`).
 """
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+
 import ml_collections
 
 
@@ -184,8 +187,6 @@ def load(spec: str) -> ml_collections.ConfigDict:
 
   The one loader of config files outside the command line (where ml_collections'
   config_flags reads the same `file[:variant]` form)."""
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  import pathlib  # pylint: disable=import-outside-toplevel
   file, _, variant = str(spec).partition(':')
   if not pathlib.Path(file).is_file():
     raise FileNotFoundError(f'config file {file!r} not found (give a path such as '

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any, Iterator
+from typing import Iterator
 
 from absl import logging
 import jax
@@ -22,9 +22,9 @@ from etils import epath
 
 from slotcurri_jax import cli
 from slotcurri_jax import metrics as metrics_lib
-from slotcurri_jax import curriculum as curriculum_lib
 from slotcurri_jax import parallel
 from slotcurri_jax import predict as predict_lib
+from slotcurri_jax import visualize
 from slotcurri_jax.data import device_preprocess
 from slotcurri_jax.data import datasets
 from slotcurri_jax.data import pipeline
@@ -44,17 +44,14 @@ UNITS = {
 def make_predictor(config, run, mesh=None) -> predict_lib.Predictor:
   """The run's Predictor with the configured evaluation rollout and resolution (built
   once per run: every periodic evaluation reuses its compiled rollout). Raw batches
-  (data.preprocess_on_device) are resized and normalised inside the same jit."""
+  (data.preprocess_on_device) are resized and normalised inside the same jit.
+
+  Quirk 7: all max_slots rows are evaluated in every curriculum stage; with
+  eval.all_slots off, the curriculum's active slots at the evaluated step."""
   return predict_lib.Predictor(
       run.model, rollout=config.eval.rollout, resolution=config.data.resolution, mesh=mesh,
-      prepare=functools.partial(device_preprocess.model_video, config=config))
-
-
-def eval_active_mask(config, state) -> jax.Array:
-  """Quirk 7: all max_slots rows in every curriculum stage unless eval.all_slots is off."""
-  if config.eval.all_slots:
-    return jnp.ones((config.model.max_slots,), bool)
-  return curriculum_lib.Curriculum.from_config(config).active_mask(state.step)
+      prepare=functools.partial(device_preprocess.model_video, config=config),
+      active_at=None if config.eval.all_slots else run.curriculum.active_mask)
 
 
 def evaluate(config, predictor: predict_lib.Predictor, state, mesh, *, workdir: str,
@@ -63,7 +60,7 @@ def evaluate(config, predictor: predict_lib.Predictor, state, mesh, *, workdir: 
 
   predictor: `make_predictor(config, run, mesh)`, built once per run."""
   step = int(jax.device_get(state.step))
-  active = eval_active_mask(config, state)
+  active = predictor.active_mask(state.step)
   total = None
   if batches is None:
     batches = pipeline.eval_iterator(config)
@@ -144,7 +141,6 @@ def _denormalise(video: np.ndarray) -> np.ndarray:
 def _clip_figure(video, pred, true, masks, error) -> np.ndarray:
   """video [T, R, R, 3] normalised; pred, true [T, R, R] ids; masks [T, K, G, G];
   error [T, G, G]."""
-  from slotcurri_jax import visualize
   frames = _denormalise(np.asarray(video))
   res = frames.shape[1:3]
   masks_up = np.asarray(jax.image.resize(jnp.asarray(masks), masks.shape[:2] + res, 'linear'))
@@ -162,7 +158,6 @@ def _write(workdir: str, step: int, results: dict, settings: dict, figures: list
   (out_dir / f'metrics_step_{step}.json').write_text(payload)
   (out_dir / 'metrics_latest.json').write_text(payload)
   if figures:
-    from slotcurri_jax import visualize
     fig_dir = out_dir / f'figures_step_{step}'
     fig_dir.mkdir(parents=True, exist_ok=True)
     for i, fig in enumerate(figures):
@@ -171,33 +166,3 @@ def _write(workdir: str, step: int, results: dict, settings: dict, figures: list
     writer.write_scalars(step, {f'eval/{k}': v for k, v in results.items()})
     if figures:
       writer.write_images(step, {f'eval/clip_{i}': f[None] for i, f in enumerate(figures)})
-
-
-def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
-  """Evaluate any saved checkpoint: a workdir, its checkpoints dir, one step dir, or a
-  params file (.npz from tools.import_reference, .msgpack)."""
-  from slotcurri_jax import checkpoint as checkpoint_lib
-  from slotcurri_jax import train
-  from slotcurri_jax.models import encoders
-  with cli.user_errors():  # bad config values, missing data, weights or checkpoint
-    pipeline.check_available(config, splits=('validation',))
-    mesh = parallel.mesh_from_config(config)
-    run = train.Run.from_config(config)
-    params, step = checkpoint_lib.load_params_and_step(checkpoint)
-    params = dict(params)
-    if 'encoder' not in params:  # imported reference checkpoints may leave out the frozen backbone
-      pretrained = encoders.load_encoder_params(config)
-      if pretrained is not None:
-        params['encoder'] = pretrained
-    checkpoint_lib.check_params(run.model, params, config, checkpoint)
-  params = jax.device_put(params, parallel.replicated(mesh))
-  state = _EvalState(params=params, step=jnp.asarray(step))
-  return evaluate(config, make_predictor(config, run, mesh), state, mesh, workdir=workdir,
-                  max_batches=-1)
-
-
-class _EvalState:
-  """The two fields evaluation reads from a TrainState."""
-
-  def __init__(self, params: Any, step: jax.Array):
-    self.params, self.step = params, step

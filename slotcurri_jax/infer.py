@@ -53,14 +53,22 @@ from typing import Any
 from absl import app
 from absl import flags
 from absl import logging
+import imageio.v3 as iio
 import jax
 import jax.numpy as jnp
+from ml_collections import config_flags
 import numpy as np
+from tqdm import tqdm
 
 from slotcurri_jax import checkpoint as checkpoint_lib
-from slotcurri_jax import predict as predict_lib
-from slotcurri_jax.data import device_preprocess
 from slotcurri_jax import cli
+from slotcurri_jax import metrics as metrics_lib
+from slotcurri_jax import params as params_lib
+from slotcurri_jax import predict as predict_lib
+from slotcurri_jax import visualize
+from slotcurri_jax.data import device_preprocess
+from slotcurri_jax.models import encoders
+from slotcurri_jax.models import video_model
 
 VIDEO_SUFFIXES = ('.mp4', '.webm', '.mov', '.mkv', '.avi', '.m4v')
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
@@ -111,7 +119,6 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float | None]:
     ValueError: an empty file or folder, an undecodable file, zero frames, non-RGB
       frames, or frames of different sizes. Messages name the file.
   """
-  import imageio.v3 as iio
   path = pathlib.Path(os.path.expanduser(str(path)))
   if not path.exists():
     raise FileNotFoundError(f'video {path} does not exist')
@@ -168,7 +175,6 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float | None]:
 
 def check_frame_size(frames: np.ndarray, config, source: str = 'input') -> None:
   """Raise unless frames [T, H, W, 3] can be resized to the model: each side >= one patch."""
-  from slotcurri_jax.models import encoders
   patch = encoders.encoder_spec(config).patch_size
   h, w = frames.shape[1:3]
   if min(h, w) < patch:
@@ -239,7 +245,6 @@ def segment_video(model, params: Any, frames: np.ndarray, config, chunk_len: int
     masks float32 [T, K, h, w] decoder alpha masks; slots float32 [T, K, D];
     error float32 [T, h, w] per-patch reconstruction error; active_mask bool [K].
   """
-  from tqdm import tqdm
   frames = np.asarray(frames)
   if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
     raise ValueError(f'frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}')
@@ -287,7 +292,6 @@ def masks_at_input(result: dict[str, np.ndarray]) -> np.ndarray:
   """Slot ids uint8 [T, H, W] at the input video's resolution: the decoder masks upsampled
   (bilinear, as for `ids`) to the centre square's side, argmax over the active slots, and
   OUTSIDE where the model saw nothing."""
-  from slotcurri_jax import metrics as metrics_lib
   masks, active = result['masks'], jnp.asarray(result['active_mask'])
   top, left, side = (int(v) for v in result['crop'])
   t, k = masks.shape[:2]
@@ -307,7 +311,6 @@ def write_outputs(output_dir: str | os.PathLike, result: dict[str, np.ndarray],
   """Write the files listed in the module docstring; returns name -> path."""
   if overlay_format not in ('mp4', 'gif'):
     raise ValueError(f'overlay_format must be "mp4" or "gif", got {overlay_format!r}')
-  from slotcurri_jax import visualize
   out = pathlib.Path(output_dir)
   out.mkdir(parents=True, exist_ok=True)
   frames, ids, masks = result['frames'], result['ids'], result['masks']
@@ -321,7 +324,6 @@ def write_outputs(output_dir: str | os.PathLike, result: dict[str, np.ndarray],
   else:
     paths['overlay'] = visualize.save_video(out / 'overlay.mp4', overlay, fps)
 
-  from slotcurri_jax import metrics as metrics_lib
 
   @jax.jit
   def upsample(m):  # [T', K, h, w] -> [T', K, R, R], the upsampling behind `ids`
@@ -361,15 +363,17 @@ def run(config, checkpoint: str, video: str, output_dir: str, chunk_len: int = 2
 
   params: use these instead of loading `checkpoint` (tests).
   """
-  from slotcurri_jax.models import video_model
   rollout = rollout or config.eval.rollout
   with cli.user_errors():  # the video, the config or the checkpoint
     frames, source_fps = read_video(video)
     check_frame_size(frames, config, source=str(video))
-    model = video_model.build_model(config)
+    spec = encoders.encoder_spec(config)
+    model = video_model.build_model(config, spec)
     if params is None:
       params = checkpoint_lib.load_params(checkpoint, config)
-      checkpoint_lib.check_params(model, params, config, checkpoint)
+      params_lib.check_fits(params, params_lib.template(model, spec, config),
+                            source=f'checkpoint {checkpoint}',
+                            fix='pass the --config (and overrides) it was trained with')
   logging.info('%s: %d frames of %dx%d, %s rollout in chunks of %d', video, len(frames),
                frames.shape[2], frames.shape[1], rollout, chunk_len)
   result = segment_video(model, params, frames, config, chunk_len, rollout, progress=True)
@@ -382,7 +386,6 @@ _CONFIG = None  # set in _define_flags (flags are defined only when run as a pro
 
 
 def _define_flags():
-  from ml_collections import config_flags
   global _CONFIG
   _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                             lock_config=True)

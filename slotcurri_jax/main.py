@@ -46,7 +46,7 @@ def maybe_initialize_distributed(config) -> None:
   Explicit flags (or config.distributed) win; otherwise SLURM with several tasks
   and Cloud TPU pods are detected, where jax finds the coordinator itself.
   """
-  import jax
+  import jax  # pylint: disable=import-outside-toplevel  (see main)
   dc = config.distributed
   address = _COORDINATOR.value or dc.coordinator_address or None
   num = _NUM_PROCESSES.value if _NUM_PROCESSES.value is not None else dc.num_processes
@@ -67,17 +67,16 @@ def main(argv) -> None:
   config = cli.config_value(_CONFIG)
   if not _WORKDIR.value:
     raise app.UsageError('--workdir is required')
-  # TF (the input pipeline) must not take the accelerators away from JAX.
-  import tensorflow as tf
-  tf.config.set_visible_devices([], 'GPU')
+  # jax, TensorFlow and the modules that import them load here, after cli.run has
+  # quietened TensorFlow's start-up lines (and flags/config errors answer without them).
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  tf.config.set_visible_devices([], 'GPU')  # TF (the input pipeline) leaves the GPUs to JAX
   maybe_initialize_distributed(config)
-
-  from slotcurri_jax import evaluate
-  from slotcurri_jax import train
+  from slotcurri_jax import train  # pylint: disable=import-outside-toplevel
   if _MODE.value == 'eval':
     if not _CHECKPOINT.value:
       raise app.UsageError('--mode=eval needs --checkpoint=PATH')
-    results = evaluate.evaluate_checkpoint(config, _CHECKPOINT.value, _WORKDIR.value)
+    results = train.evaluate_checkpoint(config, _CHECKPOINT.value, _WORKDIR.value)
   else:
     results = train.train_and_evaluate(config, _WORKDIR.value,
                                        evaluate_at_end=_MODE.value == 'train_and_eval')

@@ -11,6 +11,7 @@ import re
 from typing import Any, Sequence
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -68,7 +69,6 @@ def host_to_global(batch: Any, mesh: Mesh) -> Any:
 
 def global_to_host(x: Any) -> Any:
   """Global (possibly multi-host) arrays -> full numpy arrays on every host."""
-  from jax.experimental import multihost_utils
   if jax.process_count() == 1:
     return jax.tree.map(np.asarray, x)
   return multihost_utils.process_allgather(x, tiled=True)

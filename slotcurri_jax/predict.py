@@ -23,13 +23,17 @@ class Predictor:
   model: the VideoSlotModel; rollout: 'forward' | 'cyclic'; resolution: side R of the
   predicted id maps; mesh: when given, the outputs are replicated over it (every host
   reads them); prepare: optional inputs -> model inputs inside the jit (the on-device
-  preprocessing of raw frames, data/device_preprocess.py).
+  preprocessing of raw frames, data/device_preprocess.py); active_at: optional
+  step -> [max_slots] bool, the slots that may win a pixel at a training step (the
+  curriculum's; default: all of them).
   """
 
   def __init__(self, model, *, rollout: str, resolution: int, mesh=None,
-               prepare: Callable[[Any], jax.Array] | None = None):
+               prepare: Callable[[Any], jax.Array] | None = None,
+               active_at: Callable[[Any], jax.Array] | None = None):
     self.model, self.rollout, self.resolution = model, rollout, resolution
     self.prepare = prepare
+    self._active_at = active_at
     self.grid = model.grid
     kwargs = {} if mesh is None else {'out_shardings': parallel.replicated(mesh)}
     self._jitted = jax.jit(self.predict, **kwargs)
@@ -65,6 +69,12 @@ class Predictor:
     carry = jnp.take_along_axis(out['slots_predicted'], last[:, None, None, None], axis=1)[:, 0]
     return {'ids': ids, 'masks': out['dec_masks'].reshape(b, t, k, g, g),
             'slots': out['slots'], 'error': error.reshape(b, t, g, g), 'carry': carry}
+
+  def active_mask(self, step) -> jax.Array:
+    """[max_slots] bool: the slots evaluated at training step `step`."""
+    if self._active_at is None:
+      return jnp.ones((self.model.max_slots,), bool)
+    return self._active_at(step)
 
   def __call__(self, params, inputs, active_mask, num_frames, initial_state=None) -> dict:
     return self._jitted(params, inputs, active_mask, num_frames, initial_state)

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from absl import logging
 from clu import metric_writers
@@ -36,7 +35,9 @@ from slotcurri_jax import curriculum as curriculum_lib
 from slotcurri_jax import evaluate as evaluate_lib
 from slotcurri_jax import objective as objective_lib
 from slotcurri_jax import parallel
+from slotcurri_jax import params as params_lib
 from slotcurri_jax import train_state as train_state_lib
+from slotcurri_jax import visualize
 from slotcurri_jax.data import device_preprocess
 from slotcurri_jax.data import pipeline
 from slotcurri_jax.models import encoders
@@ -83,63 +84,28 @@ def create_state(run: Run, mesh, rng: jax.Array, params: Any = None) -> tuple[Tr
   tx = train_state_lib.make_optimizer(config, run.spec.frozen)
 
   def init():
-    p = init_params(run, params_rng)
+    p = params_lib.init(run.model, run.spec, config, params_rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
                       slot_error=run.curriculum.init_error_record(), rng=state_rng, tx=tx)
 
   shardings = state_shardings(jax.eval_shape(init), config, mesh)
   state = jax.jit(init, out_shardings=shardings)()
   if params is not None:
-    _check_same_tree(params, state.params)
+    params_lib.check_fits(params, state.params, source='the given params',
+                          fix="check the config's model sizes")
     state = state.replace(params=jax.tree.map(_place_from_host, params, state.params))
   elif pretrained is not None:
+    params_lib.check_fits(pretrained, state.params['encoder'], source='the pretrained weights',
+                          fix='check model.encoder.variant (and model.encoder.weights)')
     new = dict(state.params)
     new['encoder'] = jax.tree.map(_place_from_host, pretrained, state.params['encoder'])
     state = state.replace(params=new)
   return state, shardings
 
 
-def init_params(run: Run, rng: jax.Array) -> Any:
-  """Freshly initialised params of the run's model (reference init, then model.init_gains)."""
-  active = jnp.ones((run.config.model.max_slots,), bool)
-  params = run.model.init(rng, run.spec.example_input(run.config), active)['params']
-  return scale_init(params, run.config.model.init_gains)
-
-
-def params_template(run: Run) -> Any:
-  """The model's params as shapes (ShapeDtypeStructs), nothing allocated."""
-  return jax.eval_shape(lambda: init_params(run, jax.random.PRNGKey(0)))
-
-
-def _check_same_tree(given: Any, model: Any) -> None:
-  paths = lambda t: {parallel.path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(t)[0]}
-  missing, extra = paths(model) - paths(given), paths(given) - paths(model)
-  if missing or extra:
-    raise ValueError(f'the given params do not fit the model: missing {sorted(missing)[:5]}, '
-                     f'unexpected {sorted(extra)[:5]}; check the config\'s model sizes')
-
-
-def scale_init(params: Any, gains: Sequence[tuple[str, float]]) -> Any:
-  """Multiplies the initial value of every param whose '/'-joined path fully matches a
-  regex of `gains` ((regex, gain) pairs; the first match wins; () = reference init)."""
-  if not gains:
-    return params
-  compiled = [(re.compile(pattern), float(gain)) for pattern, gain in gains]
-
-  def scale(path, x):
-    name = parallel.path_name(path)
-    gain = next((g for rx, g in compiled if rx.fullmatch(name)), 1.0)
-    return x * gain if gain != 1.0 else x
-
-  return jax.tree_util.tree_map_with_path(scale, params)
-
-
 def _place_from_host(value, like: jax.Array) -> jax.Array:
   """A host array as a global jax.Array in `like`'s sharding (each host fills its shards)."""
   value = np.asarray(value, dtype=like.dtype)
-  if value.shape != like.shape:
-    raise ValueError(f'a given weight has shape {value.shape} where the model has '
-                     f'{like.shape}: check the config\'s model sizes (or model.encoder.variant)')
   return jax.make_array_from_callback(like.shape, like.sharding, lambda index: value[index])
 
 
@@ -211,14 +177,14 @@ def make_train_step(run: Run, num_slots: int | None = None, *, diagnostics: bool
       return total, (terms, aux, error)
 
     (_, (terms, aux, error)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = state.tx.update(grads, state.opt_state, params)
+    # The norm of the trainable gradients: logged, and the clip's (computed once).
+    labels = train_state_lib.param_labels(grads, run.spec.frozen)
+    grad_norm = optax.tree.norm(
+        jax.tree.map(lambda g, l: g if l == 'trainable' else None, grads, labels))
+    updates, opt_state = state.tx.update(grads, state.opt_state, params, grad_norm=grad_norm)
     new_state = state.replace(
         step=state.step + 1, params=optax.apply_updates(params, updates), opt_state=opt_state,
         slot_error=curriculum.record_error(state.slot_error, state.step, error))
-    labels = train_state_lib.param_labels(grads, run.spec.frozen)
-    trainable = jax.tree.map(lambda g, l: g if l == 'trainable' else jnp.zeros_like(g),
-                             grads, labels)
-    grad_norm = optax.tree.norm(trainable)
     metrics = dict(terms, grad_norm=grad_norm,
                    clip_coef=train_state_lib.clip_coefficient(grad_norm, config.train.clip_norm),
                    learning_rate=lr_fn(state.step), active_slots=jnp.sum(active))
@@ -268,7 +234,7 @@ def train_and_evaluate(config, workdir: str, *, evaluate_at_end: bool = True) ->
   predictor = evaluate_lib.make_predictor(config, run, mesh)  # compiled once per run
   workdir.mkdir(parents=True, exist_ok=True)
   ckpt = checkpoint_lib.Checkpointer(str(workdir), config)
-  ckpt.check_compatible(params_template(run))
+  ckpt.check_compatible(params_lib.template(run.model, run.spec, config))
 
   # Missing or mismatched pretrained weights are the user's; other errors of the init are bugs.
   with cli.user_errors(FileNotFoundError, ImportError, ValueError,
@@ -293,7 +259,7 @@ def train_and_evaluate(config, workdir: str, *, evaluate_at_end: bool = True) ->
       pipeline.train_iterator(config, start_step=start_step), mesh, config.data.prefetch)
   pending: list[dict] = []
   final_metrics: dict = {}
-  with checkpoint_lib.PreemptionGuard() as guard, cli.progress_bar(
+  with checkpoint_lib.PreemptionGuard(ckpt) as guard, cli.progress_bar(
       total_steps, start_step, desc='train', enabled=is_chief) as bar:
     step = start_step
     in_flight = None  # metrics of the step dispatched before the newest one
@@ -319,7 +285,7 @@ def train_and_evaluate(config, workdir: str, *, evaluate_at_end: bool = True) ->
         if is_chief:
           with history_path.open('a') as f:
             f.write(json.dumps({'step': step, **scalars}) + '\n')
-      preempted = _any_process(guard.requested)
+      preempted = guard.reached(step)
       if (step % config.train.checkpoint_every_steps == 0 or step == total_steps or preempted):
         ckpt.save(state, force=preempted)
       if preempted:
@@ -338,10 +304,38 @@ def train_and_evaluate(config, workdir: str, *, evaluate_at_end: bool = True) ->
     final_metrics = evaluate_lib.evaluate(config, predictor, state, mesh, workdir=str(workdir),
                                           writer=writer, max_batches=-1)
     if is_chief:
-      from slotcurri_jax import visualize
       visualize.training_curves(_read_history(history_path), str(workdir / 'training_curves.png'))
   writer.flush()
   return final_metrics
+
+
+def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
+  """Evaluate any saved params (--mode=eval): a training workdir, its checkpoints dir,
+  one step dir, or a params file (.npz from tools.import_reference, .msgpack)."""
+  with cli.user_errors():  # bad config values, missing data, weights or checkpoint
+    pipeline.check_available(config, splits=('validation',))
+    mesh = parallel.mesh_from_config(config)
+    run = Run.from_config(config)
+    params, step = checkpoint_lib.load_params_and_step(checkpoint)
+    params = dict(params)
+    if 'encoder' not in params:  # imported reference checkpoints may leave out the frozen backbone
+      pretrained = encoders.load_encoder_params(config)
+      if pretrained is not None:
+        params['encoder'] = pretrained
+    params_lib.check_fits(params, params_lib.template(run.model, run.spec, config),
+                          source=f'checkpoint {checkpoint}',
+                          fix='pass the --config (and overrides) it was trained with')
+  state = _EvalState(params=jax.device_put(params, parallel.replicated(mesh)),
+                     step=jnp.asarray(step))
+  return evaluate_lib.evaluate(config, evaluate_lib.make_predictor(config, run, mesh), state,
+                               mesh, workdir=workdir, max_batches=-1)
+
+
+@dataclasses.dataclass
+class _EvalState:
+  """The two fields evaluation reads from a TrainState."""
+  params: Any
+  step: jax.Array
 
 
 def _mean_metrics(pending: list[dict]) -> dict:
@@ -353,14 +347,6 @@ def _mean_metrics(pending: list[dict]) -> dict:
   for m in fetched[1:]:
     merged = merged.merge(averages.single_from_model_output(**m))
   return {k: float(v) for k, v in merged.compute().items()}
-
-
-def _any_process(flag: bool) -> bool:
-  """A preemption seen by any host stops every host at the same step."""
-  if jax.process_count() == 1:
-    return flag
-  from jax.experimental import multihost_utils
-  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
 def _read_history(path) -> dict:

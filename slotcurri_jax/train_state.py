@@ -57,19 +57,23 @@ def learning_rate_schedule(train_config) -> optax.Schedule:
       boundaries=[warmup])
 
 
-def clip_by_global_norm(max_norm: float, eps: float = 1e-6) -> optax.GradientTransformation:
+def clip_by_global_norm(max_norm: float, eps: float = 1e-6
+                        ) -> optax.GradientTransformationExtraArgs:
   """The original's clip: every gradient times min(1, max_norm / (||g|| + eps)), with
   ||g|| the L2 norm over all (trainable) gradients (docs/method.md §10.2).
 
   optax.clip_by_global_norm computes g * max_norm / max(||g||, max_norm), which differs
-  by the eps: a harmless variant, but not the original's arithmetic.
+  by the eps: a harmless variant, but not the original's arithmetic. The train step,
+  which logs ||g||, passes it in (`tx.update(..., grad_norm=...)`) so that it is
+  computed once; without it the norm is computed here.
   """
-  def update(updates, state, params=None):
-    del params
-    coef = clip_coefficient(optax.tree.norm(updates), max_norm, eps)
+  def update(updates, state, params=None, *, grad_norm=None, **extra_args):
+    del params, extra_args
+    norm = optax.tree.norm(updates) if grad_norm is None else grad_norm
+    coef = clip_coefficient(norm, max_norm, eps)
     return jax.tree.map(lambda g: g * coef.astype(g.dtype), updates), state
 
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+  return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
 
 
 def clip_coefficient(grad_norm: jax.Array, max_norm: float, eps: float = 1e-6) -> jax.Array:
@@ -148,8 +152,10 @@ class Optimizer:
   def init(self, params):
     return self.tx.init(params)
 
-  def update(self, grads, state, params=None):
-    return self.tx.update(grads, state, params)
+  def update(self, grads, state, params=None, **extra_args):
+    """extra_args: `grad_norm` ([] float32, the trainable gradients' norm) spares the
+    clip computing it again."""
+    return self.tx.update(grads, state, params, **extra_args)
 
 
 def make_optimizer(config, frozen_encoder: bool) -> Optimizer:

@@ -13,6 +13,10 @@ import pathlib
 import warnings
 from typing import Mapping, Sequence
 
+import imageio.v3 as iio
+import imageio_ffmpeg
+from matplotlib import colormaps
+from matplotlib import figure  # no pyplot: no GUI backend, no global state
 import numpy as np
 
 # 20 colours of high mutual contrast (Trubetskoy's list, most distinct first);
@@ -85,7 +89,6 @@ def overlay(frames: np.ndarray, ids: np.ndarray, alpha: float = 0.5,
 
 def _heatmap(values: np.ndarray, vmax: float | None = None, cmap: str = 'viridis') -> np.ndarray:
   """values: float [...] >= 0 -> uint8 [..., 3], 0 .. vmax (default the max) mapped by `cmap`."""
-  from matplotlib import colormaps
   values = np.nan_to_num(np.asarray(values, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
   vmax = float(values.max()) if vmax is None else vmax
   scaled = np.clip(values / vmax, 0.0, 1.0) if vmax > 0 else np.zeros_like(values)
@@ -223,7 +226,6 @@ def _as_uint8_video(frames: np.ndarray) -> np.ndarray:
 
 def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
   """Write uint8 [H, W, 3] (or [H, W]) as PNG, creating the folder."""
-  import imageio.v3 as iio
   image = np.asarray(image)
   if image.dtype != np.uint8:
     raise ValueError(f'image must be uint8, got {image.dtype}')
@@ -233,7 +235,6 @@ def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
 
 def save_gif(path: str | os.PathLike, frames: np.ndarray, fps: float = 10.0) -> None:
   """Write uint8 [T, H, W, 3] as a looping GIF at `fps` frames per second."""
-  import imageio.v3 as iio
   frames = _as_uint8_video(frames)
   if fps <= 0:
     raise ValueError(f'fps={fps} must be > 0')
@@ -256,9 +257,8 @@ def save_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 10.0) -
     raise ValueError(f'fps={fps} must be > 0')
   path = pathlib.Path(path)
   try:
-    import imageio_ffmpeg
     imageio_ffmpeg.get_ffmpeg_exe()
-  except (ImportError, RuntimeError) as e:
+  except RuntimeError as e:  # no ffmpeg binary on this platform
     gif = path.with_suffix('.gif')
     warnings.warn(f'ffmpeg is unavailable ({e}); writing {gif} instead of {path}')
     save_gif(gif, frames, fps)
@@ -287,8 +287,6 @@ def training_curves(history: Mapping[str, Sequence[tuple[int, float]]],
   history: name -> [(step, value), ...], e.g. loss terms and the active slot
   count (drawn as a step function when its name mentions slots).
   """
-  from matplotlib import figure  # no pyplot: no GUI backend, no global state
-
   names = sorted(k for k, v in history.items() if len(v))
   if not names:
     raise ValueError('training_curves got an empty history: nothing was logged')

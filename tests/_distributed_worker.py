@@ -11,6 +11,12 @@ DIR/final_params.npz (the gathered params after the last step, keyed by param pa
 With --checkpoint_dir every process takes part in one orbax save of the final state
 (orbax decides which process writes what).
 
+  python tests/_distributed_worker.py ... --train_loop=WORKDIR --data_dir=DIR --sigterm_at=N
+
+instead runs the training loop itself (`train.train_and_evaluate`, synthetic data
+already generated in DIR); process 1 sends itself SIGTERM while dispatching step N.
+Each process writes DIR_out/process_<i>.json with what the loop returned.
+
 Compilation. Every process compiles its own programs. On CPU the persistent cache
 key differs between processes and only process 0 writes entries, so only process 0
 gets cache hits; jax_share_binary_between_hosts cannot help on CPU (it waits for the
@@ -27,6 +33,7 @@ import argparse
 import json
 import os
 import pathlib
+import signal
 import sys
 import time
 
@@ -68,6 +75,9 @@ def _parse(argv):
   p.add_argument('--steps', type=int, default=3)
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--checkpoint_dir', default='')
+  p.add_argument('--train_loop', default='')
+  p.add_argument('--data_dir', default='')
+  p.add_argument('--sigterm_at', type=int, default=-1)
   return p.parse_args(argv)
 
 
@@ -98,6 +108,10 @@ def main(argv) -> None:
   config = worker_config()  # imports conftest, which sets the tests' persistent cache
 
   _log('imported')
+  if args.train_loop:
+    _train_loop(args, config, train)
+    jax.distributed.shutdown()
+    return
   pid, count = jax.process_index(), jax.process_count()
   if count != args.num_processes or len(jax.local_devices()) != args.local_devices:
     raise RuntimeError(f'{count} processes with {len(jax.local_devices())} devices each, '
@@ -146,6 +160,32 @@ def main(argv) -> None:
     np.savez(out / 'final_params.npz', **{parallel.path_name(k): np.asarray(v) for k, v in flat})
   jax.distributed.shutdown()
   _log('shut down')
+
+
+def _train_loop(args, config, train) -> None:
+  """The real loop, preempted by a SIGTERM that only process 1 receives."""
+  import jax
+  config.data.data_dir = args.data_dir
+  config.train.steps = 1000  # never reached: the preemption ends the run
+  config.train.log_every_steps = 1000
+  config.train.checkpoint_every_steps = 1000
+  stage_train_steps = train.stage_train_steps
+
+  def signalling(*a, **kw):  # process 1: SIGTERM while dispatching step sigterm_at
+    for_step = stage_train_steps(*a, **kw)
+
+    def step_fn(step):
+      if jax.process_index() == 1 and step == args.sigterm_at:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return for_step(step)
+    return step_fn
+
+  train.stage_train_steps = signalling
+  result = train.train_and_evaluate(config, args.train_loop, evaluate_at_end=False)
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / f'process_{jax.process_index()}.json').write_text(json.dumps(result))
+  _log(f'loop returned {result}')
 
 
 if __name__ == '__main__':

@@ -22,6 +22,7 @@ import _distributed_worker as worker
 from slotcurri_jax import checkpoint as checkpoint_lib
 from slotcurri_jax import parallel
 from slotcurri_jax import train
+from slotcurri_jax.data import pipeline
 
 TESTS = pathlib.Path(__file__).resolve().parent
 STEPS = 3
@@ -111,7 +112,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _run_workers(tmp_path, num_processes=2, local_devices=2):
+def _run_workers(tmp_path, num_processes=2, local_devices=2, extra=()):
   """Start the worker processes, wait (bounded), kill stragglers; fail with their logs."""
   port = _free_port()
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # the worker sets its own
@@ -123,7 +124,7 @@ def _run_workers(tmp_path, num_processes=2, local_devices=2):
           [sys.executable, str(TESTS / '_distributed_worker.py'), f'--process_id={i}',
            f'--num_processes={num_processes}', f'--port={port}',
            f'--local_devices={local_devices}', f'--out={tmp_path / "out"}',
-           f'--checkpoint_dir={tmp_path / "ckpt"}', f'--steps={STEPS}'],
+           f'--checkpoint_dir={tmp_path / "ckpt"}', f'--steps={STEPS}', *extra],
           stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(TESTS.parent)))
   deadline = time.monotonic() + WORKER_TIMEOUT_S
   try:
@@ -167,6 +168,24 @@ def test_two_processes_give_the_one_process_losses(reference, tmp_path):
   # Close to the one-process params (Adam's first steps are ~lr * sign(g), so not tighter).
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-4),
                jax.device_get(restored.params), reference['params'])
+
+
+def test_sigterm_on_one_host_stops_every_host_at_one_saved_step(tmp_path):
+  """jax's preemption service (no per-step collective): process 1 alone gets SIGTERM
+  during step 3; both processes save the same step, later than 3, and return."""
+  config = worker.worker_config()
+  config.data.data_dir = str(tmp_path / 'data')
+  pipeline.check_available(config, splits=('train',))  # generate the data once, here
+  workdir = tmp_path / 'run'
+  out, _ = _run_workers(tmp_path, extra=(f'--train_loop={workdir}',
+                                         f'--data_dir={config.data.data_dir}', '--sigterm_at=3'))
+  results = [json.loads((out / f'process_{i}.json').read_text()) for i in range(2)]
+  assert results[0] == results[1], results
+  saved = results[0]['preempted_at_step']
+  assert 3 < saved < 1000
+  ckpt = checkpoint_lib.Checkpointer(str(workdir), config, async_save=False)
+  assert ckpt.latest_step() == saved
+  ckpt.close()
 
 
 def test_fsdp_matches_the_replicated_run_and_shards_params(reference, fsdp_run):

@@ -15,6 +15,8 @@ from conftest import REPO, tiny_config
 from slotcurri_jax import checkpoint
 from slotcurri_jax import infer
 from slotcurri_jax import metrics as metrics_lib
+from slotcurri_jax import params as params_lib
+from slotcurri_jax.models import encoders
 from slotcurri_jax.models import video_model
 
 T, H, W = 5, 20, 28  # a short non-square clip; cropped to 20x20, resized to 16x16
@@ -219,14 +221,18 @@ def test_checkpoint_loading_and_mismatch(setup, tmp_path):
   path = tmp_path / 'params.msgpack'
   path.write_bytes(flax.serialization.msgpack_serialize(jax.device_get(params)))
   loaded = checkpoint.load_params(path, config)
-  checkpoint.check_params(model, loaded, config, str(path))
+  template = params_lib.template(model, encoders.encoder_spec(config), config)
+  params_lib.check_fits(loaded, template, source=str(path), fix='the config')
   jax.tree.map(np.testing.assert_array_equal, loaded, jax.device_get(params))
   with pytest.raises(FileNotFoundError, match='missing.msgpack'):
     checkpoint.load_params(tmp_path / 'missing.msgpack', config)
   other = tiny_config()
   other.model.slot_dim = 8
-  with pytest.raises(ValueError, match=r'params.msgpack does not fit the model'):
-    checkpoint.check_params(video_model.build_model(other), loaded, other, str(path))
+  with pytest.raises(ValueError, match=r'(?s)params.msgpack does not fit the model.*'
+                     r'corrector/.*: given \(\d+, \d+\), model'):
+    params_lib.check_fits(loaded, params_lib.template(video_model.build_model(other),
+                                                      encoders.encoder_spec(other), other),
+                          source=str(path), fix='the config')
 
 
 def test_command_line(setup, tmp_path):

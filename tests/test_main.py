@@ -32,24 +32,17 @@ def _losses(workdir):
 
 
 class _PreemptAfter(checkpoint_lib.PreemptionGuard):
-  """Behaves as if SIGTERM arrived after `n` steps."""
+  """Behaves as if SIGTERM arrived during step `n`."""
   n = 4
 
-  @property
-  def requested(self):
-    _PreemptAfter.calls += 1
-    return _PreemptAfter.calls >= self.n
-
-  @requested.setter
-  def requested(self, value):
-    pass
+  def reached(self, step):
+    return step >= self.n
 
 
 def test_resume_after_preemption_reproduces_the_uninterrupted_run(data_dir, tmp_path, monkeypatch):
   config = _config(data_dir)
   full = train.train_and_evaluate(config, str(tmp_path / 'full'), evaluate_at_end=False)
   assert full == {}
-  _PreemptAfter.calls = 0
   monkeypatch.setattr(checkpoint_lib, 'PreemptionGuard', _PreemptAfter)
   out = train.train_and_evaluate(config, str(tmp_path / 'resumed'), evaluate_at_end=False)
   assert out == {'preempted_at_step': 4}

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
+from slotcurri_jax import params as params_lib
 from slotcurri_jax import train
 from slotcurri_jax.models import decoder as decoder_lib
 from slotcurri_jax.models import encoders
@@ -274,16 +275,15 @@ def test_demo_head_start_inits():
   with pytest.raises(ValueError, match="pos_init='bad'"):
     decoder.init(jax.random.PRNGKey(0), jnp.zeros((1, 3, 8)), jnp.ones((3,), bool))
 
-  from slotcurri_jax import train
   params = {'decoder': {'mlp': {'dense_0': {'kernel': jnp.ones(2), 'bias': jnp.ones(2)}}},
             'corrector': {'to_q': {'kernel': jnp.ones(2)}, 'to_v': {'kernel': jnp.ones(2)}}}
-  scaled = train.scale_init(params, (('decoder/mlp/.*/kernel', 2.0), ('corrector/to_q/kernel', 3.0),
+  scaled = params_lib.scale_init(params, (('decoder/mlp/.*/kernel', 2.0), ('corrector/to_q/kernel', 3.0),
                                      ('corrector/.*', 5.0)))
   assert float(scaled['decoder']['mlp']['dense_0']['kernel'][0]) == 2.0
   assert float(scaled['decoder']['mlp']['dense_0']['bias'][0]) == 1.0
   assert float(scaled['corrector']['to_q']['kernel'][0]) == 3.0  # first match wins
   assert float(scaled['corrector']['to_v']['kernel'][0]) == 5.0
-  assert train.scale_init(params, ()) is params
+  assert params_lib.scale_init(params, ()) is params
 
 
 def test_decoder_remat_gives_the_same_loss_and_gradients():

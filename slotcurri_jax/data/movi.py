@@ -31,6 +31,7 @@ import socket
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from slotcurri_jax import cli
 from slotcurri_jax.data import spec as spec_lib
 from slotcurri_jax.data import synthetic_movi
 from slotcurri_jax.data import transforms
@@ -67,7 +68,6 @@ def how_to_get(config) -> str:
 
 def _check_reachable(root: str, config) -> bool:
   """Whether data_dir exists; a bucket this machine cannot reach is a user error."""
-  from slotcurri_jax import cli
   if root.startswith('gs://'):
     try:
       socket.getaddrinfo('storage.googleapis.com', 443)

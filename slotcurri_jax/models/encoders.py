@@ -27,7 +27,9 @@ from typing import Any, Mapping
 import flax
 import flax.linen as nn
 import jax.numpy as jnp
+import huggingface_hub
 import numpy as np
+import safetensors.numpy
 
 from slotcurri_jax.models import dinov2
 from slotcurri_jax.models import layers
@@ -242,18 +244,13 @@ def load_encoder_params(config) -> Any | None:
 
 
 def _download_from_hub(variant: str, path: pathlib.Path) -> None:
-  """Fetch facebook/dinov2-* with huggingface_hub (if installed and online) and convert it."""
+  """Fetch facebook/dinov2-* with huggingface_hub (when online) and convert it."""
   arch = dinov2.VARIANTS[variant]
   how = (f'Get the timm weights `{arch["timm"]}` (https://huggingface.co/timm/{arch["timm"]}, '
          f'file model.safetensors) or the Hugging Face checkpoint '
          f'https://huggingface.co/{arch["hf"]} (model.safetensors), then run\n'
          f'  python -m slotcurri_jax.tools.convert_dinov2 SRC {path}\n'
          f'or point config.model.encoder.weights at SRC directly.')
-  try:
-    import huggingface_hub  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    raise FileNotFoundError(f'DINOv2 weights not found at {path} (huggingface_hub is not '
-                            f'installed to fetch them). {how}') from None
   if os.environ.get('HF_HUB_OFFLINE', '') not in ('', '0'):
     raise FileNotFoundError(f'DINOv2 weights not found at {path} (HF_HUB_OFFLINE is set). {how}')
   try:
@@ -277,11 +274,10 @@ def read_weights(path: pathlib.Path) -> Mapping[str, Any]:
   if suffix == '.msgpack':
     return flax.serialization.msgpack_restore(path.read_bytes())
   if suffix == '.safetensors':
-    from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
-    return dict(load_file(str(path)))
+    return dict(safetensors.numpy.load_file(str(path)))
   if suffix in ('.pth', '.pt', '.bin', '.ckpt'):
     try:
-      import torch  # pylint: disable=import-outside-toplevel
+      import torch  # pylint: disable=import-outside-toplevel  (optional: only for .pth files)
     except ImportError:
       raise ImportError(f'reading {path} needs torch (pip install torch); or convert it to '
                         '.safetensors / .npz on a machine that has torch') from None

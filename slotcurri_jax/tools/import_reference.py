@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from slotcurri_jax import config as config_lib
+from slotcurri_jax import params as params_lib
 from slotcurri_jax.models import dinov2
 from slotcurri_jax.models import encoders
 from slotcurri_jax.models import video_model
@@ -170,8 +171,10 @@ def state_dict_to_params(state_dict: Mapping[str, np.ndarray], config=None) -> d
   params = flax.traverse_util.unflatten_dict(flat)
   if backbone:
     params['encoder'] = dinov2.state_dict_to_params(backbone)
-  if config is not None:
-    check_shapes(params, slot_stack_template(config, params))
+  if config is not None:  # the slot stack against the config's (the backbone has its own check)
+    params_lib.check_fits({k: v for k, v in params.items() if k != 'encoder'},
+                          slot_stack_template(config, params), source='the reference checkpoint',
+                          fix='pass the --config it was trained with')
   return params
 
 
@@ -199,16 +202,6 @@ def slot_stack_template(config, params) -> Any:
   active = jnp.ones((config.model.max_slots,), bool)
   return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), feats, targets, active,
                                            method=model.process))['params']
-
-
-def check_shapes(params: Any, template: Any) -> None:
-  """Raise ValueError listing every param whose shape differs from the template's."""
-  got = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep='/')
-  want = flax.traverse_util.flatten_dict(flax.core.unfreeze(template), sep='/')
-  bad = [f'{k}: checkpoint {tuple(got[k].shape)} vs config {tuple(want[k].shape)}'
-         for k in sorted(want) if k in got and tuple(got[k].shape) != tuple(want[k].shape)]
-  if bad:
-    raise ValueError('checkpoint shapes do not match the config: ' + '; '.join(bad))
 
 
 def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
