@@ -1,9 +1,11 @@
 """YouTube-VIS builder and transforms on a tiny fake YouTube-VIS 2021 folder."""
+import io
 import json
 
 import numpy as np
 import PIL.Image
 import pytest
+import tensorflow as tf
 
 from conftest import tiny_config
 from slotcurri_jax.data import transforms
@@ -220,6 +222,14 @@ def test_splits_heldout_last_in_file_order_and_manifest(fake):
     if not v['masks']:
       assert not masks.any()
     assert list(ex['instances']['category_id']) == [a['category_id'] for a in v['annotations']]
+
+
+def test_stored_png_decodes_to_its_pixels():
+  image = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
+  data = ytvis.stored_png(image)
+  np.testing.assert_array_equal(np.asarray(PIL.Image.open(io.BytesIO(data))), image)
+  np.testing.assert_array_equal(tf.io.decode_image(data, channels=3).numpy(), image)
+  assert len(data) > image.size  # stored, not compressed
 
 
 def test_prepass_frames_are_nearest_samples(fake):

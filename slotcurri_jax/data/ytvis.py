@@ -31,7 +31,9 @@ nearest-resized (quirk 9; `data.ytvis.prepass_resize = 'bicubic'` is the textboo
 alternative). Masks are one channel per annotated instance, decoded from the
 COCO-style RLE (compressed or not) or polygon segmentations (our own decoders;
 pycocotools is not needed), all-zero in frames where the instance is absent; a
-video without annotations gets one all-zero channel.
+video without annotations gets one all-zero channel. The pre-passed frames are stored as
+uncompressed PNG (`stored_png`): decoding a compressed one was most of the host's work per
+training clip, on either input path.
 
 Transforms: training takes one random 4-frame chunk, resizes its short side to
 `data.resolution` (518) bicubically and takes one random square crop shared by
@@ -44,11 +46,12 @@ centre-cropped and nearest-exact resized to 518.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 import os
+import struct
 from typing import Any
+import zlib
 
 import numpy as np
 import PIL.Image
@@ -170,6 +173,28 @@ def prepass(image: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
   raise ValueError(f'config.data.ytvis.prepass_resize={mode!r}; choose one of {PREPASS_MODES}')
 
 
+def stored_png(image: np.ndarray) -> bytes:
+  """uint8 [H, W, 3] -> PNG bytes with unfiltered rows in stored (uncompressed) deflate blocks.
+
+  Any PNG decoder reads it, and to the same pixels as a compressed PNG; decoding is a
+  copy instead of inflate + unfilter: 0.4 ms against 2.8 ms for a 568x320 frame with
+  TensorFlow's libpng, most of the host's work per training clip. The price is
+  H x (3 W + 1) bytes on disk: 1.6x a compressed PNG of the benchmark's noisy frames,
+  1.8-2.2x for photographs.
+  """
+  height, width, channels = image.shape
+  if channels != 3 or image.dtype != np.uint8:
+    raise ValueError(f'expected uint8 [H, W, 3], got {image.dtype} {image.shape}')
+  rows = np.concatenate([np.zeros((height, 1), np.uint8), image.reshape(height, 3 * width)], 1)
+
+  def chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+
+  header = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, not interlaced
+  return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header)
+          + chunk(b'IDAT', zlib.compress(rows.tobytes(), 0)) + chunk(b'IEND', b''))
+
+
 # --------------------------------------------------------------------------- builder
 
 @dataclasses.dataclass
@@ -192,8 +217,10 @@ def config_from_settings(num_heldout: int = 300, prepass_short_side: int = 320,
 class Ytvis2021(tfds.core.GeneratorBasedBuilder):
   """YouTube-VIS 2021 train split with the held-out convention (see module docstring)."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'first release'}
+  VERSION = tfds.core.Version('1.0.1')
+  RELEASE_NOTES = {'1.0.0': 'first release',
+                   '1.0.1': 'frames stored as uncompressed PNG (`stored_png`): same pixels, '
+                            'decoded about 7x faster, 1.6-2.2x the bytes'}
   BUILDER_CONFIGS = [config_from_settings()]
   MANUAL_DOWNLOAD_INSTRUCTIONS = f'Download the 2021 train split from {DOWNLOAD_PAGE}; {LAYOUT}.'
 
@@ -270,7 +297,7 @@ def read_manifest(builder: tfds.core.DatasetBuilder) -> dict:
 
 
 def video_example(root: str, video: dict, annotations: list, short: int, mode: str) -> dict:
-  """The TFDS example of one video: pre-passed PNG frames and instance masks."""
+  """The TFDS example of one video: pre-passed frames (`stored_png`) and instance masks."""
   height, width = int(video['height']), int(video['width'])
   size = short_side_size(height, width, short)
   frames = []
@@ -282,9 +309,7 @@ def video_example(root: str, video: dict, annotations: list, short: int, mode: s
       image = np.asarray(PIL.Image.open(f).convert('RGB'))
     if image.shape[:2] != (height, width):
       raise ValueError(f'{path} is {image.shape[:2]}, instances.json says {(height, width)}')
-    out = io.BytesIO()
-    PIL.Image.fromarray(prepass(image, size, mode)).save(out, format='png')
-    frames.append(out.getvalue())
+    frames.append(stored_png(prepass(image, size, mode)))
   num_frames = len(frames)
   masks = np.zeros((num_frames, size[0], size[1], max(len(annotations), 1)), np.uint8)
   for k, ann in enumerate(annotations):
