@@ -294,8 +294,8 @@ def masks_at_input(result: dict[str, np.ndarray]) -> np.ndarray:
   OUTSIDE where the model saw nothing."""
   masks, active = result['masks'], jnp.asarray(result['active_mask'])
   top, left, side = (int(v) for v in result['crop'])
-  t, k = masks.shape[:2]
-  ids_at = jax.jit(lambda m: metrics_lib.masks_to_ids(m.reshape(1, 1, k, -1), active,
+  t = masks.shape[0]
+  ids_at = jax.jit(lambda m: metrics_lib.masks_to_ids(m[None, None], active,
                                                       (side, side))[0, 0])
   out = np.full((t, *result['input_hw']), OUTSIDE, np.uint8)
   for i in range(t):  # one frame at a time: [K, side, side] floats per frame only
@@ -324,10 +324,9 @@ def write_outputs(output_dir: str | os.PathLike, result: dict[str, np.ndarray],
   else:
     paths['overlay'] = visualize.save_video(out / 'overlay.mp4', overlay, fps)
 
-
   @jax.jit
   def upsample(m):  # [T', K, h, w] -> [T', K, R, R], the upsampling behind `ids`
-    return metrics_lib.upsample_masks(m.reshape(1, m.shape[0], k, -1), (r, r))[0]
+    return metrics_lib.upsample_masks(m[None], (r, r))[0]
 
   mask_dir = out / 'slot_masks'
   mask_dir.mkdir(exist_ok=True)

@@ -19,7 +19,6 @@ with `np.nanmean`, or with the `counted` masks of the per-frame functions.
 """
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
@@ -31,31 +30,28 @@ CONVENTIONS = ('movi', 'ytvis')
 # --------------------------------------------------------------------------- predictions (jax)
 
 def upsample_masks(masks: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
-  """Bilinear upsampling of per-slot masks from a square patch grid (docs/method.md §12.2).
+  """Bilinear upsampling of per-slot masks from the patch grid (docs/method.md §12.2).
 
   Half-pixel centres, no antialiasing: `jax.image.resize(..., 'linear')` equals the
   reference's `F.interpolate(mode='bilinear', align_corners=False)` for upsampling.
 
   Args:
-    masks: [batch, time, slots, num_patches] soft masks, num_patches = g * g (row-major).
+    masks: [batch, time, slots, grid_h, grid_w] soft masks on the patch grid.
     out_hw: (height, width) of the ground truth.
 
   Returns:
     [batch, time, slots, height, width] float masks.
   """
-  b, t, k, n = masks.shape
-  g = math.isqrt(n)
-  if g * g != n:
-    raise ValueError(f'num_patches={n} is not a square grid; masks must be [B, T, K, g*g]')
-  grid = masks.reshape(b, t, k, g, g)
-  return jax.image.resize(grid, (b, t, k, *out_hw), method='linear')
+  if masks.ndim != 5:
+    raise ValueError(f'masks must be [B, T, K, G_h, G_w] (on the patch grid), got {masks.shape}')
+  return jax.image.resize(masks, masks.shape[:3] + tuple(out_hw), method='linear')
 
 
 def masks_to_ids(masks: jax.Array, active_mask: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
   """Predicted segmentation: upsample, then argmax over the active slots.
 
   Args:
-    masks: [batch, time, slots, num_patches] decoder alpha masks.
+    masks: [batch, time, slots, grid_h, grid_w] decoder alpha masks on the patch grid.
     active_mask: [slots] bool; inactive slots never win.
     out_hw: (height, width) of the ground truth.
 

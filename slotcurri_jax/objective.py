@@ -102,7 +102,8 @@ class Objective:
     if self.ssync is not None:
       sc = self.ssync
       loss_bd, loss_in, aux = ssync.ssync_losses(
-          outputs['sa_logits'], outputs['dec_alpha'], active_mask, tau_merge=sc.tau_merge,
+          outputs['sa_logits'], outputs['dec_alpha'], active_mask, grid=self.grid,
+          tau_merge=sc.tau_merge,
           n_bd=sc.n_bd, n_noise=sc.n_noise, n_nbd=sc.n_nbd, temperature=sc.temperature,
           loss=sc.loss, group_size=group, reduction=sc.reduction)
       gate = ssync.ssync_weight(step, sc.start_step)

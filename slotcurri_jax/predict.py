@@ -62,13 +62,13 @@ class Predictor:
                            num_frames=num_frames, initial_state=initial_state)
     b, t, k, _ = out['dec_masks'].shape
     g = self.grid
-    ids = metrics_lib.masks_to_ids(out['dec_masks'], active_mask,
-                                   (self.resolution, self.resolution))
+    masks = out['dec_masks'].reshape(b, t, k, *g)
+    ids = metrics_lib.masks_to_ids(masks, active_mask, (self.resolution, self.resolution))
     error = jnp.mean(jnp.square(out['recon'] - out['targets']), axis=-1)
     last = jnp.clip(jnp.asarray(num_frames, jnp.int32) - 1, 0, t - 1)
     carry = jnp.take_along_axis(out['slots_predicted'], last[:, None, None, None], axis=1)[:, 0]
-    return {'ids': ids, 'masks': out['dec_masks'].reshape(b, t, k, g, g),
-            'slots': out['slots'], 'error': error.reshape(b, t, g, g), 'carry': carry}
+    return {'ids': ids, 'masks': masks,
+            'slots': out['slots'], 'error': error.reshape(b, t, *g), 'carry': carry}
 
   def active_mask(self, step) -> jax.Array:
     """[max_slots] bool: the slots evaluated at training step `step`."""

@@ -44,33 +44,28 @@ NEIGHBOUR_OFFSETS = tuple(
 NUM_NEIGHBOURS = len(NEIGHBOUR_OFFSETS)  # 10
 
 
-def _grid_side(num_patches: int) -> int:
-  side = math.isqrt(num_patches)
-  if side * side != num_patches:
-    raise ValueError(f'SSync needs a square patch grid, got num_patches={num_patches} '
-                     f'(not a perfect square); use a square input resolution')
-  return side
-
-
 def _masked_logits(logits: jax.Array, active_mask: jax.Array) -> jax.Array:
   """logits: [B, T, K, N]; inactive slot rows replaced by a large finite negative."""
   return jnp.where(active_mask[None, None, :, None], logits, _NEG)
 
 
-def hard_labels(logits: jax.Array, active_mask: jax.Array) -> jax.Array:
+def hard_labels(logits: jax.Array, active_mask: jax.Array, grid: tuple[int, int]) -> jax.Array:
   """Argmax over the active slots, per patch (docs/method.md §9.2).
 
   Args:
-    logits: [B, T, K, N] per-slot logits, N = G*G row-major patches.
+    logits: [B, T, K, N] per-slot logits, N = G_h * G_w row-major patches.
     active_mask: [K] bool.
+    grid: the patch grid (G_h, G_w).
 
   Returns:
-    int32 [B, T, G, G]; ties go to the first (lowest) slot index, as in torch.
+    int32 [B, T, G_h, G_w]; ties go to the first (lowest) slot index, as in torch.
   """
   b, t, _, n = logits.shape
-  g = _grid_side(n)
+  if grid[0] * grid[1] != n:
+    raise ValueError(f'logits have {n} patches, but the patch grid {tuple(grid)} has '
+                     f'{grid[0] * grid[1]}')
   labels = jnp.argmax(_masked_logits(logits, active_mask), axis=2).astype(jnp.int32)
-  return labels.reshape(b, t, g, g)
+  return labels.reshape(b, t, *grid)
 
 
 def coverage(z_enc: jax.Array, active_mask: jax.Array) -> jax.Array:
@@ -238,13 +233,14 @@ def _masked_mean(per_patch: jax.Array, region: jax.Array, divisor_scale: jax.Arr
 
 
 def pseudo_labels(z_enc: jax.Array, z_dec: jax.Array, active_mask: jax.Array, *,
-                  tau_merge: float, n_bd: int = 1, n_noise: int = 1,
+                  grid: tuple[int, int], tau_merge: float, n_bd: int = 1, n_noise: int = 1,
                   n_nbd: int = 1) -> dict:
   """Labels, merge and regions of docs/method.md §9.2-9.4, all without gradient.
 
   Args:
     z_enc, z_dec: [B, T, K, N] encoder / decoder logits.
     active_mask: [K] bool.
+    grid: the patch grid (G_h, G_w), G_h * G_w = N.
 
   Returns:
     dict of labels_enc, labels_dec, labels_enc_merged, labels_dec_merged ([B, T, G, G]
@@ -253,8 +249,8 @@ def pseudo_labels(z_enc: jax.Array, z_dec: jax.Array, active_mask: jax.Array, *,
   """
   z_enc = jax.lax.stop_gradient(z_enc)
   z_dec = jax.lax.stop_gradient(z_dec)
-  labels_enc = hard_labels(z_enc, active_mask)
-  labels_dec = hard_labels(z_dec, active_mask)
+  labels_enc = hard_labels(z_enc, active_mask, grid)
+  labels_dec = hard_labels(z_dec, active_mask, grid)
   _, iou = slot_iou(coverage(z_enc, active_mask))
   mapping = merge_mapping(iou, labels_enc, active_mask, tau_merge)
   # The decoder labels take the mapping found on the encoder map (docs/method.md §9.3, step 6).
@@ -267,7 +263,7 @@ def pseudo_labels(z_enc: jax.Array, z_dec: jax.Array, active_mask: jax.Array, *,
 
 
 def ssync_losses(z_enc: jax.Array, z_dec: jax.Array, active_mask: jax.Array, *,
-                 tau_merge: float, n_bd: int = 1, n_noise: int = 1, n_nbd: int = 1,
+                 grid: tuple[int, int], tau_merge: float, n_bd: int = 1, n_noise: int = 1, n_nbd: int = 1,
                  temperature: float = 1.0, loss: str = 'brier',
                  group_size: int | None = None,
                  reduction: str = 'group') -> tuple[jax.Array, jax.Array, dict]:
@@ -283,6 +279,7 @@ def ssync_losses(z_enc: jax.Array, z_dec: jax.Array, active_mask: jax.Array, *,
     z_enc: [B, T, K, N] last-iteration slot-attention logits (encoder map).
     z_dec: [B, T, K, N] decoder alpha logits (decoder map).
     active_mask: [K] bool, the curriculum's active slots.
+    grid: the patch grid (G_h, G_w), G_h * G_w = N.
     tau_merge: IoU threshold of the merge (config.ssync.tau_merge).
     n_bd, n_noise, n_nbd: region thresholds (config.ssync).
     temperature: softmax temperature of the loss (config.ssync.temperature).
@@ -301,7 +298,7 @@ def ssync_losses(z_enc: jax.Array, z_dec: jax.Array, active_mask: jax.Array, *,
   if loss not in ('brier', 'ce'):
     raise ValueError(f"ssync.loss={loss!r} is unknown; use 'brier' (reference) or 'ce'")
   num_groups = _num_groups(b, group_size, reduction)
-  aux = pseudo_labels(z_enc, z_dec, active_mask, tau_merge=tau_merge, n_bd=n_bd,
+  aux = pseudo_labels(z_enc, z_dec, active_mask, grid=grid, tau_merge=tau_merge, n_bd=n_bd,
                       n_noise=n_noise, n_nbd=n_nbd)
   # Brier averages over K active channels too; CE is a plain mean over patches.
   scale = (jnp.sum(active_mask).astype(jnp.float32) if loss == 'brier'

@@ -50,7 +50,9 @@ def _apply(params, frames, initial_state, *, model, rollout, resolution):
   active = jnp.ones((model.max_slots,), bool)
   out = model.apply({'params': params}, video[None], active, rollout=rollout,
                     initial_state=initial_state)
-  return out, metrics_lib.masks_to_ids(out['dec_masks'], active, (resolution, resolution))[0]
+  b, t, k, _ = out['dec_masks'].shape
+  masks = out['dec_masks'].reshape(b, t, k, *model.grid)
+  return out, metrics_lib.masks_to_ids(masks, active, (resolution, resolution))[0]
 
 
 def _direct(model, params, config, frames, rollout, initial_state=None):

@@ -1,4 +1,6 @@
 """Metrics: golden test against metrics.npz, sklearn / brute-force cross-checks, edge cases."""
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,6 +8,11 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from slotcurri_jax import metrics
+
+
+def _config(fixtures_dir) -> dict:
+  with np.load(fixtures_dir / 'metrics.npz', allow_pickle=False) as z:
+    return json.loads(str(z['config']))
 
 
 def _load(fixtures_dir, case):
@@ -25,7 +32,8 @@ def _load(fixtures_dir, case):
 @pytest.mark.parametrize('case', ['movi', 'ytvis'])
 def test_fixture(fixtures_dir, case):
   d = _load(fixtures_dir, case)
-  soft = jnp.asarray(d['in/pred_soft'])
+  soft = jnp.asarray(d['in/pred_soft'])  # [B, T, K, N] -> [B, T, K, G_h, G_w]
+  soft = soft.reshape(soft.shape[:3] + tuple(_config(fixtures_dir)['cases'][case]['patch_grid']))
   out_hw = d['true'].shape[-2:]
   np.testing.assert_allclose(np.asarray(metrics.upsample_masks(soft, out_hw)),
                              d['out/pred_resized'], atol=1e-6, rtol=0)
@@ -174,14 +182,14 @@ def test_fragmentation_hand_made():
 
 
 def test_masks_to_ids_excludes_inactive_and_breaks_ties_low():
-  masks = np.zeros((1, 1, 3, 4), np.float32)
+  masks = np.zeros((1, 1, 3, 2, 2), np.float32)
   masks[0, 0, 2] = 1.0  # the largest mask belongs to an inactive slot
   masks[0, 0, 0] = masks[0, 0, 1] = 0.5  # tie between the two active slots
   ids = metrics.masks_to_ids(jnp.asarray(masks), jnp.asarray([True, True, False]), (4, 4))
   assert ids.dtype == jnp.int32 and ids.shape == (1, 1, 4, 4)
   assert (np.asarray(ids) == 0).all()
-  with pytest.raises(ValueError, match='square'):
-    metrics.upsample_masks(jnp.zeros((1, 1, 2, 5)), (4, 4))
+  with pytest.raises(ValueError, match=r'masks must be \[B, T, K, G_h, G_w\]'):
+    metrics.upsample_masks(jnp.zeros((1, 1, 2, 4)), (4, 4))
 
 
 @pytest.mark.parametrize('convention', ['movi', 'ytvis'])

@@ -25,7 +25,7 @@ def _stack(max_slots=5, **model_overrides):
   for key, value in model_overrides.items():
     parent, _, leaf = key.rpartition('.')
     (config.model[parent] if parent else config.model)[leaf] = value
-  return config, video_model.build_slot_stack(config, D_IN, D_F, GRID * GRID)
+  return config, video_model.build_slot_stack(config, D_IN, D_F, (GRID, GRID))
 
 
 def _inputs(b=2, t=4, seed=0):
@@ -227,7 +227,7 @@ def test_initialisation_follows_pytorch_conventions():
   placeholders = jax.jit(video_model.SlotInitializer(11, d).init, static_argnums=1)(
       jax.random.PRNGKey(0), 1)
   np.testing.assert_allclose(np.std(placeholders['params']['placeholders']), d ** -0.5, rtol=0.1)
-  decoder = decoder_lib.MLPDecoder(num_patches=16, output_dim=4, hidden=(8,))
+  decoder = decoder_lib.MLPDecoder(grid=(4, 4), output_dim=4, hidden=(8,))
   pos_emb = jax.jit(decoder.init)(jax.random.PRNGKey(1), jnp.zeros((1, 11, d)),
                                   jnp.ones((11,), bool))['params']['pos_emb']
   np.testing.assert_allclose(np.std(pos_emb), d ** -0.5, rtol=0.15)
@@ -258,7 +258,7 @@ def test_initialisation_follows_pytorch_conventions():
 
 def test_demo_head_start_inits():
   """decoder pos_init='sincos' and model.init_gains (the demo's head start; reference init by default)."""
-  pos = np.asarray(decoder_lib.sincos_position_init(None, (16, 8)))  # a 4x4 grid, D 8
+  pos = np.asarray(decoder_lib.sincos_position_init((4, 4))(None, (16, 8)))  # a 4x4 grid, D 8
   assert pos.shape == (16, 8) and np.all(np.abs(pos) <= 1.0)
   # Row-major grid: patch (r, c) is row 4r + c; the first D/2 columns depend on r only.
   np.testing.assert_allclose(pos[1, :4], pos[0, :4], atol=1e-6)
@@ -266,12 +266,12 @@ def test_demo_head_start_inits():
   assert not np.allclose(pos[4, :4], pos[0, :4]) and not np.allclose(pos[1, 4:], pos[0, 4:])
   assert len({tuple(np.round(r, 5)) for r in pos}) == 16  # every patch distinct
   # On an 8x8 grid, a patch's row neighbour is more alike than any farther patch of the row.
-  big = np.asarray(decoder_lib.sincos_position_init(None, (64, 32)))
+  big = np.asarray(decoder_lib.sincos_position_init((8, 8))(None, (64, 32)))
   dist = [np.linalg.norm(big[0] - big[c]) for c in range(1, 8)]
   assert dist[0] < min(dist[1:]), dist
-  with pytest.raises(ValueError, match='square grid'):
-    decoder_lib.sincos_position_init(None, (12, 8))
-  decoder = decoder_lib.MLPDecoder(num_patches=16, output_dim=4, hidden=(8,), pos_init='bad')
+  with pytest.raises(ValueError, match=r'needs N = 3 x 3 \(the patch grid\)'):
+    decoder_lib.sincos_position_init((3, 3))(None, (12, 8))
+  decoder = decoder_lib.MLPDecoder(grid=(4, 4), output_dim=4, hidden=(8,), pos_init='bad')
   with pytest.raises(ValueError, match="pos_init='bad'"):
     decoder.init(jax.random.PRNGKey(0), jnp.zeros((1, 3, 8)), jnp.ones((3,), bool))
 

@@ -1,6 +1,7 @@
 """SSync labels, merge, regions and losses (slotcurri_jax/ssync.py) against the reference."""
 import functools
 import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +22,14 @@ def _load(fixtures_dir, prefix, case):
   return arrays, config, config['cases'][case]
 
 
+def _square_grid(logits):
+  """The test inputs' square patch grid (G, G) of logits [B, T, K, G * G]."""
+  g = math.isqrt(logits.shape[-1])
+  return (g, g)
+
+
 def _losses(z_enc, z_dec, active, **kw):
+  kw.setdefault('grid', _square_grid(z_enc))
   loss_bd, loss_in, _ = ssync.ssync_losses(z_enc, z_dec, active, **kw)
   return loss_bd + loss_in
 
@@ -31,6 +39,8 @@ def _losses(z_enc, z_dec, active, **kw):
 def _run(z_enc, z_dec, active, **kw):
   """Jitted (compiles faster than op-by-op runs): loss_bd, loss_in, aux and the
   gradients of loss_bd + loss_in wrt (z_enc, z_dec)."""
+  kw.setdefault('grid', _square_grid(z_enc))
+
   def total(a, d):
     loss_bd, loss_in, aux = ssync.ssync_losses(a, d, active, **kw)
     return loss_bd + loss_in, (loss_bd, loss_in, aux)
@@ -55,7 +65,7 @@ def test_golden(fixtures_dir, prefix, case):
   iou_t, iou = ssync.slot_iou(cover)
   np.testing.assert_allclose(iou_t, f['out/slot_iou_per_frame'], atol=1e-6, rtol=0)
   np.testing.assert_allclose(iou, f['out/slot_iou'], atol=1e-6, rtol=0)
-  labels_enc = ssync.hard_labels(z_enc, active)
+  labels_enc = ssync.hard_labels(z_enc, active, tuple(cc['grid']))
   np.testing.assert_array_equal(ssync.label_areas(labels_enc, k), f['out/enc_area'])
 
   loss_bd, loss_in, aux, (grad_enc, grad_dec) = _run(z_enc, z_dec, active, **kw)
@@ -235,12 +245,12 @@ def test_gate_switches_without_recompiling():
 
 def test_errors_name_the_bad_value():
   z = jnp.zeros((2, 1, 2, 6))
-  with pytest.raises(ValueError, match='num_patches=6'):
-    ssync.hard_labels(z, jnp.ones(2, bool))
+  with pytest.raises(ValueError, match=r'6 patches, but the patch grid \(2, 2\) has 4'):
+    ssync.hard_labels(z, jnp.ones(2, bool), (2, 2))
   z = jnp.zeros((3, 1, 2, 4))
   with pytest.raises(ValueError, match='group size 2'):
-    ssync.ssync_losses(z, z, jnp.ones(2, bool), tau_merge=0.7, group_size=2)
+    ssync.ssync_losses(z, z, jnp.ones(2, bool), grid=(2, 2), tau_merge=0.7, group_size=2)
   with pytest.raises(ValueError, match="ssync.loss='mse'"):
-    ssync.ssync_losses(z, z, jnp.ones(2, bool), tau_merge=0.7, loss='mse')
+    ssync.ssync_losses(z, z, jnp.ones(2, bool), grid=(2, 2), tau_merge=0.7, loss='mse')
   with pytest.raises(ValueError, match="ssync.reduction='mean'"):
-    ssync.ssync_losses(z, z, jnp.ones(2, bool), tau_merge=0.7, reduction='mean')
+    ssync.ssync_losses(z, z, jnp.ones(2, bool), grid=(2, 2), tau_merge=0.7, reduction='mean')

@@ -17,7 +17,7 @@ class MLPDecoder(nn.Module):
   the last one has D_f + 1 outputs, the alpha logit is the **last** channel).
 
   Attributes:
-    num_patches: N, the patch count of the frame.
+    grid: the patch grid (G_h, G_w) of a frame, N = G_h * G_w patches (row-major).
     output_dim: D_f, the reconstruction width.
     hidden: hidden widths of the MLP (ReLU after each).
     pos_init: 'normal', the reference's N(0, 1/D_s) init of pos_emb; or 'sincos', 2-D
@@ -27,7 +27,7 @@ class MLPDecoder(nn.Module):
       ([..., K, N, hidden] per layer, the largest arrays of a training step).
     dtype: compute dtype of the MLP; the masks are a float32 softmax.
   """
-  num_patches: int
+  grid: tuple[int, int]
   output_dim: int
   hidden: Sequence[int] = (1024, 1024, 1024)
   pos_init: str = 'normal'
@@ -42,10 +42,10 @@ class MLPDecoder(nn.Module):
     0 on inactive rows); alpha [..., K, N] (alpha logits, unmasked).
     """
     d = slots.shape[-1]
-    inits = {'normal': layers.scaled_normal_init(d), 'sincos': sincos_position_init}
+    inits = {'normal': layers.scaled_normal_init(d), 'sincos': sincos_position_init(self.grid)}
     if self.pos_init not in inits:
       raise ValueError(f'decoder pos_init={self.pos_init!r}; use one of {sorted(inits)}')
-    pos_emb = self.param('pos_emb', inits[self.pos_init], (self.num_patches, d))
+    pos_emb = self.param('pos_emb', inits[self.pos_init], (self.grid[0] * self.grid[1], d))
     x = slots[..., :, None, :] + pos_emb  # broadcast: [..., K, N, D_s]
     mlp_class = nn.remat(layers.MLP) if self.remat else layers.MLP
     out = mlp_class(hidden=tuple(self.hidden), out_features=self.output_dim + 1,
@@ -56,21 +56,27 @@ class MLPDecoder(nn.Module):
     return {'recon': recon, 'masks': masks, 'alpha': alpha}
 
 
-def sincos_position_init(key, shape, dtype=jnp.float32) -> jax.Array:
-  """[N, D] 2-D sine-cosine features of a square grid's (row, column), N = side^2.
+def sincos_position_init(grid: tuple[int, int]):
+  """An init of pos_emb [N, D] (N = G_h * G_w) with 2-D sine-cosine features of each
+  patch's (row, column) on the patch grid `grid`.
 
-  D/4 geometric frequencies per axis (periods from twice the side down to 3 patches, so
-  none aliases on the integer grid), sin and cos each: neighbouring patches get similar
-  rows. `key` is unused (a deterministic init).
+  D/4 geometric frequencies per axis (periods from twice the axis' side down to 3
+  patches, so none aliases on the integer grid), sin and cos each: neighbouring patches
+  get similar rows. The init's `key` is unused (it is deterministic).
   """
-  del key
-  n, d = shape
-  side = int(round(n ** 0.5))
-  if side * side != n or d % 4:
-    raise ValueError(f'sincos position init needs a square grid and D % 4 == 0, got {shape}')
-  rows, cols = jnp.meshgrid(jnp.arange(side), jnp.arange(side), indexing='ij')
-  periods = 2.0 * side * (3.0 / (2.0 * side)) ** (jnp.arange(d // 4) / max(d // 4 - 1, 1))
-  def feats(x):
-    angle = 2 * jnp.pi * x.reshape(-1, 1) / periods
-    return [jnp.sin(angle), jnp.cos(angle)]
-  return jnp.concatenate(feats(rows) + feats(cols), axis=1).astype(dtype)
+  def init(key, shape, dtype=jnp.float32) -> jax.Array:
+    del key
+    n, d = shape
+    if n != grid[0] * grid[1] or d % 4:
+      raise ValueError(f'sincos position init of shape {tuple(shape)} needs N = '
+                       f'{grid[0]} x {grid[1]} (the patch grid) and D % 4 == 0')
+    rows, cols = jnp.meshgrid(jnp.arange(grid[0]), jnp.arange(grid[1]), indexing='ij')
+
+    def feats(x, side):
+      periods = 2.0 * side * (3.0 / (2.0 * side)) ** (jnp.arange(d // 4) / max(d // 4 - 1, 1))
+      angle = 2 * jnp.pi * x.reshape(-1, 1) / periods
+      return [jnp.sin(angle), jnp.cos(angle)]
+
+    return jnp.concatenate(feats(rows, grid[0]) + feats(cols, grid[1]), axis=1).astype(dtype)
+
+  return init

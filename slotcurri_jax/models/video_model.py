@@ -19,7 +19,6 @@ corrector, predictor, decoder.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -68,7 +67,7 @@ class VideoSlotModel(nn.Module):
       (golden fixtures, precomputed features; only `process` is then usable).
     input_dim: D_in, width of the encoder features.
     target_dim: D_f, width of the reconstruction target.
-    num_patches: N, patches per frame (a square grid).
+    grid: the patch grid (G_h, G_w) of a frame; N = G_h * G_w patches, row-major.
     target: 'features' (the target is the encoder output, DINOv2) or 'patches' (the
       frame's patch pixels, the CNN); patch_size is the patch side for 'patches'.
     freeze_encoder: stop gradients at the encoder output (the frozen DINOv2).
@@ -85,7 +84,7 @@ class VideoSlotModel(nn.Module):
   encoder: nn.Module | None
   input_dim: int
   target_dim: int
-  num_patches: int
+  grid: tuple[int, int]
   target: str = 'features'
   patch_size: int = 14
   freeze_encoder: bool = True
@@ -106,9 +105,9 @@ class VideoSlotModel(nn.Module):
   dtype: Any = jnp.float32
 
   @property
-  def grid(self) -> int:
-    """The patch-grid side G (num_patches = G * G, row-major)."""
-    return math.isqrt(self.num_patches)
+  def num_patches(self) -> int:
+    """N = G_h * G_w patches per frame."""
+    return self.grid[0] * self.grid[1]
 
   def setup(self):
     self.feature_mlp = layers.MLP(hidden=(self.feature_mlp_hidden,), out_features=self.slot_dim,
@@ -119,7 +118,7 @@ class VideoSlotModel(nn.Module):
     self.predictor = predictor_lib.Predictor(self.predictor_blocks, self.predictor_heads,
                                              self.predictor_mlp_ratio, self.logit_scale,
                                              dtype=self.dtype)
-    self.decoder = decoder_lib.MLPDecoder(self.num_patches, self.target_dim,
+    self.decoder = decoder_lib.MLPDecoder(tuple(self.grid), self.target_dim,
                                           tuple(self.decoder_hidden), self.decoder_pos_init,
                                           self.decoder_remat,
                                           dtype=self.dtype)
@@ -312,16 +311,17 @@ def build_model(config, spec: encoders.EncoderSpec | None = None) -> VideoSlotMo
   hidden = config.model.feature_mlp_hidden or 2 * spec.input_dim
   return VideoSlotModel(
       encoder=spec.module, input_dim=spec.input_dim, target_dim=spec.target_dim,
-      num_patches=spec.num_patches, target=spec.target, patch_size=spec.patch_size,
+      grid=(spec.grid, spec.grid), target=spec.target, patch_size=spec.patch_size,
       freeze_encoder=spec.frozen, feature_mlp_hidden=hidden, **_slot_stack_kwargs(config))
 
 
-def build_slot_stack(config, input_dim: int, target_dim: int, num_patches: int) -> VideoSlotModel:
+def build_slot_stack(config, input_dim: int, target_dim: int,
+                     grid: tuple[int, int]) -> VideoSlotModel:
   """A model without encoder, fed backbone tokens through `process` (golden fixtures,
   precomputed features). Sizes other than the encoder's come from `config.model`."""
   hidden = config.model.feature_mlp_hidden or 2 * input_dim
   return VideoSlotModel(encoder=None, input_dim=input_dim, target_dim=target_dim,
-                        num_patches=num_patches, feature_mlp_hidden=hidden,
+                        grid=tuple(grid), feature_mlp_hidden=hidden,
                         **_slot_stack_kwargs(config))
 
 

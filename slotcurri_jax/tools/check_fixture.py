@@ -252,7 +252,7 @@ def check_ssync(path: pathlib.Path, data) -> Iterator[dict]:
     z_enc, z_dec = jnp.asarray(f['in/zA']), jnp.asarray(f['in/zD'])
     active = jnp.ones(z_enc.shape[2], bool)
     # The reference pooled the whole batch in one process: group_size = B.
-    kw = dict(tau_merge=cc['tau'], n_bd=config['n_bd'], n_noise=config['n_noise'],
+    kw = dict(grid=tuple(cc['grid']), tau_merge=cc['tau'], n_bd=config['n_bd'], n_noise=config['n_noise'],
               n_nbd=config['n_nbd'], temperature=config['loss_temperature'],
               group_size=z_enc.shape[0])
 
@@ -278,6 +278,7 @@ def check_ssync(path: pathlib.Path, data) -> Iterator[dict]:
 def check_metrics(path: pathlib.Path, data) -> Iterator[dict]:
   """The 'movi' and 'ytvis' cases: resize, argmax, video and per-frame FG-ARI / mBO."""
   del path
+  config = fixture_config(data)
   for case in ('movi', 'ytvis'):
     d = {k[len(case) + 1:]: data[k] for k in data.files if k.startswith(case + '/')}
     if not d:
@@ -287,7 +288,8 @@ def check_metrics(path: pathlib.Path, data) -> Iterator[dict]:
       true = np.where(mask.any(2), mask.argmax(2) + 1, 0).astype(np.int32)
     else:
       true = d['in/true_ids']
-    soft = jnp.asarray(d['in/pred_soft'])
+    soft = jnp.asarray(d['in/pred_soft'])  # [B, T, K, N] -> [B, T, K, G_h, G_w]
+    soft = soft.reshape(soft.shape[:3] + tuple(config['cases'][case]['patch_grid']))
     out_hw = true.shape[-2:]
     yield dict(output=f'{case}/pred_resized',
                **compare(metrics.upsample_masks(soft, out_hw), d['out/pred_resized'],

@@ -25,6 +25,7 @@ Name mapping (reference -> ours; a PyTorch Linear weight [out, in] becomes kerne
 from __future__ import annotations
 
 import argparse
+import math
 import pathlib
 import re
 import sys
@@ -196,7 +197,8 @@ def slot_stack_template(config, params) -> Any:
   target_dim = params['decoder']['mlp'][f'dense_{len(config.model.decoder.hidden)}'][
       'kernel'].shape[1] - 1
   num_patches = params['decoder']['pos_emb'].shape[0]
-  model = video_model.build_slot_stack(config, input_dim, target_dim, num_patches)
+  side = math.isqrt(num_patches)  # the reference stores N only; its grids are square
+  model = video_model.build_slot_stack(config, input_dim, target_dim, (side, side))
   feats = jnp.zeros((1, 1, num_patches, input_dim))
   targets = jnp.zeros((1, 1, num_patches, target_dim))
   active = jnp.ones((config.model.max_slots,), bool)
