@@ -234,9 +234,6 @@ class Checkpointer:
     service chose after a SIGTERM (False in one process, or with the service off)."""
     return self._manager.reached_preemption(step)
 
-  def wait(self) -> None:
-    self._manager.wait_until_finished()
-
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
@@ -284,11 +281,6 @@ def step_dirs(path: str) -> list[epath.Path]:
   if not steps:
     raise cli.mark(FileNotFoundError(f'no checkpoint step under {path}. {CHECKPOINT_FORMS}.'))
   return [path / str(s) for s in steps]
-
-
-def resolve_step_dir(path: str) -> epath.Path:
-  """The newest complete step directory of a workdir, a checkpoints dir, or a step dir itself."""
-  return step_dirs(path)[0]
 
 
 def restore_params(step_dir: epath.Path) -> Any:

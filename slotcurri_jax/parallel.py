@@ -43,10 +43,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def num_batch_shards(mesh: Mesh) -> int:
-  return mesh.shape['data'] * mesh.shape['fsdp']
-
-
 def host_to_global(batch: Any, mesh: Mesh) -> Any:
   """Host-local numpy batch pytree -> global jax.Arrays sharded on the batch axis.
 
