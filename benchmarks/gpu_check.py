@@ -18,8 +18,9 @@ every stage with the least work that still runs each of its branches. Train step
 model shrunk to 16 px frames (CPU_TINY) instead of MOVi-C: float32 at batches 1 and 2 and the
 largest-batch estimate (4, the CPU cap), bfloat16 at batch 1 (one batch: no estimate), 2 steps
 each; the matmul peak at 256^3; a 4-step demo of the same tiny model on 8 videos, evaluated on
-4; of the fixtures only metrics.npz and spawn.npz (a few seconds; every fixture takes minutes on
-2 cores, longer than the rest of the dry run).
+4; of the fixtures only metrics.npz and spawn.npz (6-9 s; all seven took 99 s on 2 shared cores,
+most of the dry run's budget). gpu_check.sh --cpu also compiles with LLVM's optimisations off and
+through JAX's persistent compilation cache, so CI's reruns load the compiled steps.
 """
 from __future__ import annotations
 

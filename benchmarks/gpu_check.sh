@@ -14,7 +14,7 @@
 # and writes one JSON (default benchmarks/results/gpu_check_gpu.json). benchmarks/gpu_check.py
 # does steps 2-4. --cpu is a dry run on any machine (no install; a tiny demo model, 2 fixtures,
 # a few steps: benchmarks/gpu_check.py says which) that tests this logic in CI
-# (tests/test_gpu_check.py): 100 s cold, 58-66 s from the compilation cache, measured on 2 cores
+# (tests/test_gpu_check.py): 100-115 s cold, 58-66 s from the compilation cache, measured on 2 cores
 # that other jobs shared (load average 2-3).
 set -euo pipefail
 
