@@ -48,9 +48,10 @@ if [[ $CPU == 1 ]]; then
   # Fast compiles (LLVM's optimisations off: the dry run's times mean nothing), and reruns (CI)
   # load the compiled steps from JAX's persistent compilation cache.
   export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_backend_optimization_level=0"
-  export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$HOME/.cache/slotcurri_jax/gpu_check_cpu}"
+  CACHE="${JAX_COMPILATION_CACHE_DIR:-$HOME/.cache/slotcurri_jax/gpu_check_cpu}"
+  export JAX_COMPILATION_CACHE_DIR="$CACHE"
   export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0.5}"
-  echo "gpu_check.sh --cpu: dry run on the CPU (no CUDA install, tiny sizes, cache $JAX_COMPILATION_CACHE_DIR)"
+  echo "gpu_check.sh --cpu: dry run on the CPU (no CUDA install, tiny sizes, cache $CACHE)"
 else
   if ! command -v nvidia-smi > /dev/null; then
     echo "gpu_check.sh: no nvidia-smi, so no NVIDIA GPU here; --cpu runs the dry run" >&2

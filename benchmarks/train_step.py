@@ -385,7 +385,8 @@ def child_main(spec: dict) -> None:
   kind = spec.pop('kind')
   if kind == 'peak':  # optional: {'matmul_n': N}, the side of the timed matmul
     n = spec.get('matmul_n', 4096)
-    result = {'device': device_facts(), 'matmul_n': n, 'matmul_flops_per_s': measured_matmul_peak(n),
+    result = {'device': device_facts(), 'matmul_n': n,
+              'matmul_flops_per_s': measured_matmul_peak(n),
               'nominal_cpu_peak': nominal_cpu_peak()}
   elif kind == 'train':
     result = measure_train(**spec)
@@ -431,7 +432,8 @@ def summarise(results: list[dict], peak: dict) -> list[dict]:
       r['mfu_peak_basis'] = facts.get('peak_source')
     else:
       device_peak = max(peak['matmul_flops_per_s'].values())
-      r['mfu_peak_basis'] = (f"measured best {peak.get('matmul_n', 4096)}^3 jit matmul on this CPU: "
+      n = peak.get('matmul_n', 4096)
+      r['mfu_peak_basis'] = (f'measured best {n}^3 jit matmul on this CPU: '
                              + ', '.join(f'{k} {v / 1e9:.0f} GFLOP/s'
                                          for k, v in peak['matmul_flops_per_s'].items()))
     r['mfu'] = achieved / device_peak if device_peak else None
