@@ -33,8 +33,22 @@ import pathlib
 import sys
 import time
 
+# Read when jax and TensorFlow are imported.
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from slotcurri_jax import parallel  # noqa: E402
+from slotcurri_jax import train  # noqa: E402
+from slotcurri_jax import train_state as train_state_lib  # noqa: E402
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / 'benchmarks'))
+import measure  # noqa: E402  (benchmarks/measure.py)
+import train_step as ts  # noqa: E402  (benchmarks/train_step.py: the FLOP counter)
 
 COMPONENTS = ('vit', 'feature_mlp', 'slot_attention', 'predictor', 'decoder', 'ssync', 'losses',
               'preprocess')
@@ -65,7 +79,6 @@ def component(stack: str) -> str:
 
 
 def count_by_component(jaxpr, prefix: str = '', out=None) -> dict:
-  import train_step as ts
   out = collections.Counter() if out is None else out
   for eqn in jaxpr.eqns:
     stack = f'{prefix}/{eqn.source_info.name_stack}'
@@ -96,8 +109,6 @@ class _OneEqn:
 
 
 def _raw_batch(config, stored):
-  import jax
-  import numpy as np
   b, t = config.data.batch_size, config.data.train_clip_len
   return {'frames': jax.ShapeDtypeStruct((b, t, *stored, 3), np.uint8),
           'size': jax.ShapeDtypeStruct((b, 4), np.int32),
@@ -106,11 +117,6 @@ def _raw_batch(config, stored):
 
 
 def count(dataset: str, variant: str, memory_batches=()) -> dict:
-  import jax
-  import numpy as np
-  from slotcurri_jax import parallel
-  from slotcurri_jax import train
-  from slotcurri_jax import train_state as train_state_lib
   config = paper_config(dataset, variant)
   run = train.Run.from_config(config)
   mesh = parallel.create_mesh(devices=jax.devices()[:1])
@@ -145,10 +151,6 @@ def count(dataset: str, variant: str, memory_batches=()) -> dict:
 
 
 def _abstract_state(run):
-  import jax
-  import jax.numpy as jnp
-  from slotcurri_jax import train
-  from slotcurri_jax import train_state as train_state_lib
   config = run.config
   params = run.model.init(jax.random.PRNGKey(0), run.spec.example_input(config),
                           jnp.ones((config.model.max_slots,), bool))['params']
@@ -160,22 +162,20 @@ def _abstract_state(run):
 
 def compiled_memory(config, dataset: str, variant: str, per_device: int) -> dict:
   """XLA's memory analysis of the step compiled for one device at `per_device` clips."""
-  import jax
-  from slotcurri_jax import train
   c = config.copy_and_resolve_references()
   c.data.batch_size = per_device
   c.loss.contrast_group_size = min(c.loss.contrast_group_size, per_device)
   run = train.Run.from_config(c)
   state = jax.eval_shape(lambda: _abstract_state(run))
-  start = time.time()
-  compiled = jax.jit(train.make_train_step(run), donate_argnums=(0,)).lower(
-      state, _raw_batch(c, STORED[dataset])).compile()
+  compile_s, compiled = measure.compile_timed(
+      jax.jit(train.make_train_step(run), donate_argnums=(0,)), state,
+      _raw_batch(c, STORED[dataset]))
   m = compiled.memory_analysis()
   return {'per_device_batch': per_device, 'temp_bytes': int(m.temp_size_in_bytes),
           'argument_bytes': int(m.argument_size_in_bytes),
           'output_bytes': int(m.output_size_in_bytes),
           'total_bytes': int(m.temp_size_in_bytes + m.argument_size_in_bytes),
-          'compile_s': time.time() - start, 'backend': jax.devices()[0].platform}
+          'compile_s': compile_s, 'backend': jax.devices()[0].platform}
 
 
 def main() -> None:
@@ -189,8 +189,6 @@ def main() -> None:
   if args.tables:
     print(tables(args.out, str(REPO / 'benchmarks' / 'results' / 'input_pipeline.json')))
     return
-  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   memory = tuple(int(b) for b in args.memory.split(',') if b)
   results = []
   for dataset, variant in PAPER:
@@ -213,9 +211,7 @@ def main() -> None:
     existing = {r['config']: r for r in json.loads(out.read_text())['results']}
   for r in results:
     existing[r['config']] = r
-  out.write_text(json.dumps({'command': 'python benchmarks/capacity.py ' + ' '.join(sys.argv[1:]),
-                             'results': list(existing.values())}, indent=1) + '\n')
-  print(f'wrote {out}')
+  measure.write_json(out, {'results': list(existing.values())})
 
 
 # --------------------------------------------------------------------------- derived tables

@@ -13,8 +13,14 @@ r"""The work of benchmarks/gpu_check.sh (run that): fixtures, train steps, a dem
    bf16 peak, device peak memory, compile times;
 3. a 300-step demo run (configs/demo.py, 256 training videos, evaluation on 16) with its
    wall-clock, steps/s and metrics.
---cpu is the dry run that tests this logic on any machine: the demo model at batches 2, 4 and
-at most 8 instead of MOVi-C, 2 of the 5 single-step fixtures, a 20-step demo on tiny data.
+--cpu is the dry run that tests this logic on any machine (tests/test_gpu_check.py, in CI):
+every stage with the least work that still runs each of its branches. Train steps of the demo
+model shrunk to 16 px frames (CPU_TINY) instead of MOVi-C: float32 at batches 1 and 2 and the
+largest-batch estimate (4, the CPU cap), bfloat16 at batch 1 (one batch: no estimate), 2 steps
+each; the matmul peak at 256^3; a 4-step demo of the same tiny model on 8 videos, evaluated on
+4; of the fixtures only metrics.npz and spawn.npz (6-9 s; all seven took 99 s on 2 shared cores,
+most of the dry run's budget). gpu_check.sh --cpu also compiles with LLVM's optimisations off and
+through JAX's persistent compilation cache, so CI's reruns load the compiled steps.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ import argparse
 import json
 import os
 import pathlib
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -29,7 +36,20 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / 'benchmarks'))
+import measure  # noqa: E402  (benchmarks/measure.py)
 import train_step as ts  # noqa: E402  (benchmarks/train_step.py)
+
+# Per-device batches timed per dtype, and the cap of the largest-batch estimate.
+BATCHES = {'gpu': {'float32': (8, 32), 'bfloat16': (8, 32)},
+           'cpu': {'float32': (1, 2), 'bfloat16': (1,)}}
+LARGEST_CAP = {'gpu': 4096, 'cpu': 4}
+# --cpu: configs/demo.py shrunk as tests/conftest.py's tiny_config (16 px, 4x4 patches, 5 slots),
+# for the train steps (train_step.py overrides) and the demo run (--config flags).
+CPU_TINY = {'data.resolution': 16, 'data.synthetic.resolution': 16,
+            'data.synthetic.num_frames': 8, 'data.synthetic.min_objects': 2,
+            'data.synthetic.max_objects': 3, 'model.encoder.cnn_patch_size': 4,
+            'model.encoder.cnn_features': 16, 'model.slot_dim': 16, 'model.max_slots': 5,
+            'model.decoder.hidden': (32, 32), 'curriculum.schedule': ((0, 2), (2, 3), (4, 5))}
 
 
 def _run(cmd: list[str], log: pathlib.Path, env: dict | None = None, timeout: float = 900) -> dict:
@@ -41,7 +61,7 @@ def _run(cmd: list[str], log: pathlib.Path, env: dict | None = None, timeout: fl
     rc = proc.returncode
   except subprocess.TimeoutExpired:
     rc = 'timeout'
-  return {'command': ' '.join(cmd), 'returncode': rc, 'wall_s': time.time() - start,
+  return {'command': shlex.join(cmd), 'returncode': rc, 'wall_s': time.time() - start,
           'log': str(log)}
 
 
@@ -63,20 +83,23 @@ def _fits(result: dict) -> bool:
 
 
 def train_steps(cpu: bool, steps: int) -> dict:
-  name = 'demo' if cpu else 'movi_c_full'
-  peak = ts.run_child({'kind': 'peak'}, 600)
+  name, mode = ('demo', 'cpu') if cpu else ('movi_c_full', 'gpu')
+  peak = ts.run_child({'kind': 'peak', 'matmul_n': 256 if cpu else 4096}, 600)
   if 'error' in peak:
     return {'error': peak['error']}
   results = []
-  for dtype in ('float32', 'bfloat16'):
+  for dtype, batches in BATCHES[mode].items():
     per_dtype = []
-    for batch in ((2, 4) if cpu else (8, 32)):
+    for batch in batches:
       spec = {'kind': 'train', 'name': name, 'dtype': dtype, 'batch': batch, 'steps': steps,
               'warmup': 1 if cpu else 2, 'raw_input': True}
+      if cpu:
+        spec['overrides'] = CPU_TINY
       print(f'train step {name} {dtype} batch {batch} ...', flush=True)
       per_dtype.append(dict(ts.run_child(spec, 900), role=f'batch {batch}'))
-    batch = largest_batch(per_dtype, cap=8 if cpu else 4096)
-    while batch and batch > per_dtype[-1].get('batch', 0):
+    measured = max((r['batch'] for r in per_dtype if _fits(r)), default=0)
+    batch = largest_batch(per_dtype, cap=LARGEST_CAP[mode])
+    while batch and batch > measured:
       print(f'train step {name} {dtype} batch {batch} (largest estimate) ...', flush=True)
       spec = dict(spec, batch=batch, steps=max(steps // 2, 1))
       result = dict(ts.run_child(spec, 900), role='largest that fits')
@@ -88,7 +111,7 @@ def train_steps(cpu: bool, steps: int) -> dict:
     results += per_dtype
   ts.summarise(results, peak)
   ts.print_table([r for r in results if 'error' not in r], peak)
-  return {'config': name, 'peak': peak, 'results': results}
+  return {'config': name + (' (CPU_TINY)' if cpu else ''), 'peak': peak, 'results': results}
 
 
 def largest_batch(results: list[dict], cap: int) -> int | None:
@@ -109,16 +132,18 @@ def largest_batch(results: list[dict], cap: int) -> int | None:
 
 def demo_run(work: pathlib.Path, cpu: bool) -> dict:
   workdir, data_dir = work / 'demo', work / 'tfds'
-  steps = 20 if cpu else 300
+  steps = 4 if cpu else 300
   flags = [f'--config.train.steps={steps}', f'--config.data.data_dir={data_dir}',
            '--config.data.num_eval_videos=16', '--config.train.eval_every_steps=0',
            '--config.train.checkpoint_every_steps=100000', '--config.data.synthetic.num_train=256',
            '--config.data.synthetic.num_validation=16']
-  if cpu:
+  if cpu:  # one compilation of the step (no active_slots_only stages)
+    flags += [f'--config.{k}={v}' for k, v in CPU_TINY.items()]
     flags += ['--config.data.batch_size=4', '--config.data.eval_batch_size=4',
-              '--config.data.synthetic.num_train=16', '--config.data.synthetic.num_validation=4',
+              '--config.data.synthetic.num_train=8', '--config.data.synthetic.num_validation=4',
               '--config.data.num_eval_videos=4', '--config.train.warmup_steps=2',
-              '--config.loss.contrast_group_size=4', '--config.data.shuffle_buffer=16']
+              '--config.loss.contrast_group_size=4', '--config.data.shuffle_buffer=8',
+              '--config.train.active_slots_only=False']
   # Generate the data first, so the run's wall-clock is training + evaluation.
   gen = _run([sys.executable, '-c', (
       'import sys; from slotcurri_jax.data import pipeline; '
@@ -150,9 +175,9 @@ def main() -> None:
   args = p.parse_args()
   skip = set(filter(None, args.skip.split(',')))
   work = pathlib.Path(tempfile.mkdtemp(prefix='slotcurri_gpu_check_'))
-  start = time.time()
+  start, load_before = time.time(), os.getloadavg()
   report = {'mode': 'cpu dry run' if args.cpu else 'gpu', 'started': time.strftime('%F %T'),
-            'work_dir': str(work), 'python': sys.version.split()[0]}
+            'work_dir': str(work)}
   if 'fixtures' not in skip:
     print('golden fixtures at float32 "highest" ...', flush=True)
     report['fixtures'] = check_fixtures(work, args.cpu)
@@ -168,9 +193,9 @@ def main() -> None:
   ok.append('error' not in steps and not any(
       'error' in r and r.get('role') != 'did not fit' for r in steps.get('results', [])))
   report['ok'] = all(ok)
-  pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-  pathlib.Path(args.out).write_text(json.dumps(report, indent=1) + '\n')
-  print(f"wrote {args.out}: ok={report['ok']} in {report['wall_s']:.0f} s")
+  report['machine'] = measure.machine_info(load_before)
+  measure.write_json(args.out, report)
+  print(f"ok={report['ok']} in {report['wall_s']:.0f} s")
   sys.exit(0 if report['ok'] else 1)
 
 

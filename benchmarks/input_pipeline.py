@@ -30,22 +30,33 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import shutil
-import statistics
 import tempfile
 import time
+
+# Read when jax and TensorFlow are imported.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import PIL.Image  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import measure  # noqa: E402  (benchmarks/measure.py)
+import train_step as train_step_benchmark  # noqa: E402  (benchmarks/train_step.py)
+from slotcurri_jax import config as config_lib  # noqa: E402
+from slotcurri_jax.data import device_preprocess  # noqa: E402
+from slotcurri_jax.data import pipeline  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _demo_config():
-  from slotcurri_jax import config as config_lib
   return config_lib.load(REPO / 'configs' / 'demo.py')
 
 
 def _generate(config) -> float:
-  from slotcurri_jax.data import pipeline
   start = time.time()
   pipeline.check_available(config, splits=('train',))
   return time.time() - start
@@ -53,8 +64,6 @@ def _generate(config) -> float:
 
 def _fake_ytvis(root: pathlib.Path, videos: int, frames: int) -> None:
   """A YouTube-VIS 2021 style folder of smooth textured 640x360 JPEGs, no annotations."""
-  import numpy as np
-  import PIL.Image
   rng = np.random.default_rng(0)
   meta = []
   for v in range(videos):
@@ -77,9 +86,6 @@ def _fake_ytvis(root: pathlib.Path, videos: int, frames: int) -> None:
 
 def _throughput(config, batches: int) -> tuple[dict, dict]:
   """(numbers, first batch) of pipeline.train_iterator(config)."""
-  import numpy as np
-  from slotcurri_jax.data import device_preprocess
-  from slotcurri_jax.data import pipeline
   iterator = pipeline.train_iterator(config)
   start = time.time()
   first = next(iterator)  # builds the tf.data graph and fills the shuffle buffer
@@ -99,37 +105,17 @@ def _throughput(config, batches: int) -> tuple[dict, dict]:
 
 
 def _device_preprocess(config, batch: dict, repeats: int = 5) -> dict:
-  import jax
-  from slotcurri_jax.data import device_preprocess
   step = jax.jit(lambda b: device_preprocess.preprocess(b, config)['video'])
   device_batch = jax.device_put(batch)
-  start = time.perf_counter()
-  jax.block_until_ready(step(device_batch))
-  compile_s = time.perf_counter() - start
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(step(device_batch))
-    times.append(time.perf_counter() - start)
-  flops = None
-  try:
-    sys_path = str(REPO / 'benchmarks')
-    import sys
-    if sys_path not in sys.path:
-      sys.path.insert(0, sys_path)
-    import train_step as train_step_benchmark
-    flops, _ = train_step_benchmark.matmul_flops(jax.make_jaxpr(step)(device_batch).jaxpr)
-  except ImportError:
-    pass
-  s = statistics.median(times)
+  timing = measure.time_calls(lambda: step(device_batch), steps=repeats, warmup=1)
+  flops, _ = train_step_benchmark.matmul_flops(jax.make_jaxpr(step)(device_batch).jaxpr)
+  s = timing.median_s
   return {'s_per_batch_this_cpu': s, 's_per_clip_this_cpu': s / config.data.batch_size,
-          'compile_s': compile_s, 'matmul_flops_per_clip': flops / config.data.batch_size
-          if flops else None}
+          'compile_s': timing.warmup_s[0],  # the first call: compiles, then runs
+          'matmul_flops_per_clip': flops / config.data.batch_size if flops else None}
 
 
 def _both_paths(config, batches: int) -> dict:
-  import numpy as np
-  from slotcurri_jax.data import device_preprocess
   host, device = config.copy_and_resolve_references(), config.copy_and_resolve_references()
   host.data.preprocess_on_device, device.data.preprocess_on_device = False, True
   host_numbers, host_first = _throughput(host, batches)
@@ -154,18 +140,12 @@ def main() -> None:
   parser.add_argument('--demo_batches', type=int, default=60)
   parser.add_argument('--out', default=str(REPO / 'benchmarks' / 'results' / 'input_pipeline.json'))
   args = parser.parse_args()
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-  import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')
 
   temporary = not args.data_dir
   data_dir = pathlib.Path(args.data_dir or tempfile.mkdtemp(prefix='slotcurri_bench_tfds_'))
   load_before = os.getloadavg()
-  results = {'command': 'python benchmarks/input_pipeline.py'
-                        + (' --demo' if args.demo else ''),
-             'machine': {'cpus': len(os.sched_getaffinity(0)), 'platform': platform.platform()},
-             'generation': {}}
+  results = {'machine': {}, 'generation': {}}
   try:
     movi = _demo_config()  # MOVi-C's training input on synthetic_movi at 128 px
     movi.data.data_dir = str(data_dir)
@@ -204,10 +184,8 @@ def main() -> None:
   finally:
     if temporary:
       shutil.rmtree(data_dir, ignore_errors=True)
-  results['machine'].update(load_average_before=load_before, load_average_after=os.getloadavg())
-  out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(results, indent=2) + '\n')
+  results['machine'] = measure.machine_info(load_before)
+  measure.write_json(args.out, results)
   for key in ('movi_336px', 'ytvis_518px', 'demo_64px'):
     if key not in results:
       continue
@@ -221,7 +199,6 @@ def main() -> None:
     print(f"{key}: host CPU {r['host_cpu_ratio']:.1f}x less, bytes {r['bytes_ratio']:.1f}x fewer; "
           f"device preprocess {1000 * d['s_per_clip_this_cpu']:.1f} ms/clip on this CPU; "
           f"max |difference| {r['max_abs_difference_first_batch']:.2e}")
-  print(f'wrote {out}')
 
 
 if __name__ == '__main__':

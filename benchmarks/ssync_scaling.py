@@ -29,16 +29,16 @@ import argparse
 import json
 import os
 import pathlib
-import platform
-import statistics
 import time
 
-os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # read when jax is imported
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from matplotlib import figure  # noqa: E402  (no pyplot: no GUI backend)
 import numpy as np  # noqa: E402
 
+import measure  # noqa: E402  (benchmarks/measure.py)
 from slotcurri_jax import ssync  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / 'results'
@@ -90,11 +90,9 @@ def ssync_inputs(rng, b, t, k, grid):
   return jnp.asarray(z_enc, jnp.float32), jnp.asarray(z_dec, jnp.float32)
 
 
-def measure(fn, args, runs: int, memory_cap: float | None):
+def compile_and_time(fn, args, runs: int, memory_cap: float | None):
   """Compile fn(*args); if it fits, time it. Returns a result dict."""
-  t0 = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile()
-  compile_s = time.perf_counter() - t0
+  compile_s, compiled = measure.compile_timed(jax.jit(fn), *args)
   mem = compiled.memory_analysis()
   peak = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
   out = dict(peak_bytes=int(peak), temp_bytes=int(mem.temp_size_in_bytes),
@@ -102,16 +100,10 @@ def measure(fn, args, runs: int, memory_cap: float | None):
   if memory_cap is not None and peak > memory_cap:
     out.update(skipped=f'estimated peak {peak / 2**30:.2f} GiB > cap {memory_cap / 2**30:.2f} GiB')
     return out
-  jax.block_until_ready(compiled(*args))  # warm-up
-  times = []
-  budget_end = time.perf_counter() + 20.0  # fewer runs for the slowest cases
-  for i in range(runs):
-    t0 = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - t0)
-    if i >= 2 and time.perf_counter() > budget_end:
-      break
-  out.update(median_s=statistics.median(times), runs=len(times), times_s=times)
+  # One warm-up run; fewer runs for the slowest cases (at least 3, then a 20 s budget).
+  timing = measure.time_calls(lambda: compiled(*args), steps=runs, warmup=1, budget_s=20.0,
+                              min_steps=3)
+  out.update(median_s=timing.median_s, runs=len(timing.times_s), times_s=timing.times_s)
   return out
 
 
@@ -127,10 +119,8 @@ def slopes(rows, key, min_patches=0):
 
 
 def plot(results, path):
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+  fig = figure.Figure(figsize=(11, 4.2))
+  axes = fig.subplots(1, 2)
   for ax, key, label in ((axes[0], 'median_s', 'forward+backward time [s]'),
                          (axes[1], 'peak_bytes', 'compiled peak memory [bytes]')):
     for method, style in (('ssync', 'o-'), ('dense', 's-')):
@@ -179,15 +169,16 @@ def main():
   cap = a.memory_cap_gib * 2**30
   rng = np.random.default_rng(0)
   rows = {'ssync': [], 'dense': []}
-  start = time.perf_counter()
+  start, load_before = time.perf_counter(), os.getloadavg()
   for grid in grids:
     n = grid * grid
     z_enc, z_dec = ssync_inputs(rng, a.batch, a.frames, a.slots, grid)
-    r = measure(lambda x, y: ssync_step(x, y, tau_merge=a.tau_merge), (z_enc, z_dec), a.runs, None)
+    r = compile_and_time(lambda x, y: ssync_step(x, y, tau_merge=a.tau_merge), (z_enc, z_dec),
+                         a.runs, None)
     rows['ssync'].append(dict(grid=grid, num_patches=n, **r))
     emb = lambda: jnp.asarray(rng.normal(size=(a.batch, a.frames, n, a.dim)), jnp.float32)
-    r = measure(lambda x, y: dense_step(x, y, frames_per_group=a.frames_per_group),
-                (emb(), emb()), a.runs, cap)
+    r = compile_and_time(lambda x, y: dense_step(x, y, frames_per_group=a.frames_per_group),
+                         (emb(), emb()), a.runs, cap)
     rows['dense'].append(dict(grid=grid, num_patches=n, **r))
     for m in ('ssync', 'dense'):
       r = rows[m][-1]
@@ -197,9 +188,7 @@ def main():
             flush=True)
   results = dict(
       config=dict(vars(a), grids=grids),
-      environment=dict(jax=jax.__version__, backend=jax.default_backend(),
-                       devices=str(jax.devices()), cpu_count=os.cpu_count(),
-                       machine=platform.machine()),
+      environment={**measure.jax_info(), **measure.machine_info(load_before)},
       rows=rows,
       slopes={m: {key: slopes(rows[m], key) for key in ('median_s', 'peak_bytes')} for m in rows},
       slopes_n_ge_256={m: {key: slopes(rows[m], key, 256) for key in ('median_s', 'peak_bytes')}
@@ -209,13 +198,12 @@ def main():
       wall_s=time.perf_counter() - start,
   )
   out = pathlib.Path(a.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.with_suffix('.json').write_text(json.dumps(results, indent=1))
+  measure.write_json(out.with_suffix('.json'), results)
   plot(results, out.with_suffix('.png'))
   print('log-log slopes (all sizes):', json.dumps(results['slopes']))
   print('log-log slopes (N >= 256):', json.dumps(results['slopes_n_ge_256']))
   print('log-log slopes (N >= 1024):', json.dumps(results['slopes_n_ge_1024']))
-  print(f"wrote {out.with_suffix('.json')} and .png in {results['wall_s']:.0f} s")
+  print(f"wrote {out.with_suffix('.png')}; {results['wall_s']:.0f} s in all")
 
 
 if __name__ == '__main__':

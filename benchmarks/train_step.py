@@ -48,14 +48,27 @@ The GPU path (device detection, memory_stats, bf16 peak table) has not been run 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import functools
 import json
 import os
 import pathlib
-import platform
-import statistics
+import resource
 import subprocess
 import sys
 import time
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import measure  # benchmarks/measure.py
+from slotcurri_jax import config as config_lib
+from slotcurri_jax import parallel
+# slotcurri_jax.train and .evaluate are imported where used: they import TensorFlow (~5 s,
+# ~0.75 GB), which only the measuring child needs, not the driver (this script's parent
+# process, gpu_check.py, capacity.py).
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TRAIN_CONFIGS = ('demo', 'movi_c_slots', 'movi_c_full')
@@ -82,13 +95,22 @@ PYTORCH_ANCHORS = {
 # --------------------------------------------------------------------------- configs and models
 
 def _config_file(name: str):
-  from slotcurri_jax import config as config_lib
   return config_lib.load(REPO / 'configs' / f'{name}.py')
 
 
-def build_config(name: str, dtype: str, batch: int, remat: bool = False):
-  """The config of a benchmark configuration (name without the _eval suffix)."""
+def _tuples(value):
+  """JSON's lists back to the tuples config fields hold."""
+  return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def build_config(name: str, dtype: str, batch: int, remat: bool = False,
+                 overrides: dict | None = None):
+  """The config of a benchmark configuration (name without the _eval suffix); `overrides`
+  {'model.slot_dim': 16, ...} are set first (gpu_check.py --cpu shrinks the demo with them)."""
   c = _config_file('demo' if name == 'demo' else 'movi_c')
+  for key, value in (overrides or {}).items():
+    *parents, field = key.split('.')
+    setattr(functools.reduce(getattr, parents, c), field, _tuples(value))
   if name.startswith('movi_c'):
     c.model.encoder.random_init = True  # no weights needed: speed does not depend on them
   c.data.batch_size = batch
@@ -108,7 +130,7 @@ def build_run(name: str, config):
 
   movi_c_slots feeds the slot stack precomputed backbone tokens through the 'tokens'
   encoder (batch['features'] [B, T, 576, 384], as DINOv2 ViT-S/14 gives at 336 px)."""
-  from slotcurri_jax import train
+  from slotcurri_jax import train  # TensorFlow: see the imports at the top
   b, t, r = config.data.batch_size, config.data.train_clip_len, config.data.resolution
   run = train.Run.from_config(config)
   if run.spec.input_key == 'features':
@@ -176,7 +198,6 @@ def matmul_flops(jaxpr) -> tuple[float, bool]:
 # --------------------------------------------------------------------------- device facts
 
 def device_facts() -> dict:
-  import jax
   dev = jax.devices()[0]
   facts = {'platform': dev.platform, 'device_kind': dev.device_kind,
            'local_devices': jax.local_device_count(), 'jax': jax.__version__}
@@ -209,24 +230,16 @@ def nominal_cpu_peak() -> dict | None:
 
 def measured_matmul_peak(n: int = 4096, repeats: int = 8) -> dict:
   """Best FLOP/s of an n^3 matmul under jit, float32 and bfloat16 (the CPU 'peak')."""
-  import jax
-  import jax.numpy as jnp
   out = {}
   for dtype in ('float32', 'bfloat16'):
     a = jnp.ones((n, n), dtype)
     f = jax.jit(lambda x, y: x @ y)
-    jax.block_until_ready(f(a, a))
-    best = float('inf')
-    for _ in range(repeats):
-      t = time.perf_counter()
-      jax.block_until_ready(f(a, a))
-      best = min(best, time.perf_counter() - t)
+    best = measure.time_calls(lambda: f(a, a), steps=repeats, warmup=1).min_s
     out[dtype] = 2.0 * n ** 3 / best
   return out
 
 
 def _peak_rss_bytes() -> int:
-  import resource
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
 
 
@@ -234,7 +247,6 @@ def _reset_peak_rss() -> bool:
   """Linux: hand freed heap (compilation's) back to the OS and reset VmHWM to the current
   RSS, so that the next read shows the peak of what follows (the training steps)."""
   try:
-    import ctypes
     ctypes.CDLL('libc.so.6').malloc_trim(0)
   except (OSError, AttributeError):
     pass
@@ -258,7 +270,6 @@ def _vm_hwm_bytes() -> int | None:
 
 
 def _device_peak_bytes() -> int | None:
-  import jax
   stats = jax.devices()[0].memory_stats() or {}
   return stats.get('peak_bytes_in_use')
 
@@ -272,7 +283,6 @@ def raw_batch(name: str, config, shape, seed: int = 0) -> dict:
   """A device-path batch (data/device_preprocess.py) for a video input of `shape`
   [B, T, R, R, 3] of benchmark configuration `name`: uint8 frames at the stored size
   (MOVi 128 px, the demo its synthetic resolution), random flips; the step resizes them."""
-  import numpy as np
   rng = np.random.default_rng(seed)
   b, t, r = shape[0], shape[1], shape[2]
   stored = STORED_SIDE.get(name, 128) or config.data.synthetic.resolution
@@ -283,14 +293,10 @@ def raw_batch(name: str, config, shape, seed: int = 0) -> dict:
 
 def measure_train(name: str, dtype: str, batch: int, steps: int, warmup: int,
                   num_slots: int | None = None, remat: bool = False,
-                  raw_input: bool = False) -> dict:
-  import jax
-  import numpy as np
-  from slotcurri_jax import parallel
-  from slotcurri_jax import train
-
+                  raw_input: bool = False, overrides: dict | None = None) -> dict:
+  from slotcurri_jax import train  # TensorFlow: see the imports at the top
   rss_base = _peak_rss_bytes()
-  config = build_config(name, dtype, batch, remat)
+  config = build_config(name, dtype, batch, remat, overrides)
   run, shape = build_run(name, config)
   mesh = parallel.create_mesh(devices=jax.devices()[:1])
   state, shardings = train.create_state(run, mesh, jax.random.PRNGKey(0))
@@ -301,9 +307,7 @@ def measure_train(name: str, dtype: str, batch: int, steps: int, warmup: int,
     host_data = {run.spec.input_key: np.random.default_rng(0).normal(size=shape).astype(np.float32)}
   data = parallel.host_to_global(host_data, mesh)
 
-  start = time.perf_counter()
-  compiled = step.lower(state, data).compile()
-  compile_s = time.perf_counter() - start
+  compile_s, compiled = measure.compile_timed(step, state, data)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   memory = compiled.memory_analysis()
@@ -312,21 +316,21 @@ def measure_train(name: str, dtype: str, batch: int, steps: int, warmup: int,
 
   peak_rss_after_compile = _peak_rss_bytes()
   reset = _reset_peak_rss()
-  times, metrics = [], None
-  for i in range(warmup + steps):
-    start = time.perf_counter()
+
+  def one_step():
+    nonlocal state
     state, metrics = compiled(state, data)
-    jax.block_until_ready((state, metrics))
-    if i >= warmup:
-      times.append(time.perf_counter() - start)
+    return state, metrics
+  timing = measure.time_calls(one_step, steps=steps, warmup=warmup)
+  times, (_, metrics) = timing.times_s, timing.last
   loss = float(metrics['loss_total'])
   if not np.isfinite(loss):
     raise FloatingPointError(f'{name} {dtype}: loss {loss} is not finite')
-  s_per_step = statistics.median(times)
+  s_per_step = timing.median_s
   return {
       'config': name, 'dtype': dtype, 'batch': batch, 'frames': config.data.train_clip_len,
       'computed_slots': num_slots or config.model.max_slots, 'active_slots_only': bool(num_slots),
-      'decoder_remat': remat,
+      'decoder_remat': remat, 'config_overrides': overrides or {},
       'input_shape': list(shape), 'steps_timed': steps, 'warmup': warmup,
       'step_times_s': times, 's_per_step': s_per_step, 'steps_per_s': 1.0 / s_per_step,
       'clips_per_s': batch / s_per_step, 'compile_s': compile_s,
@@ -346,13 +350,8 @@ def measure_train(name: str, dtype: str, batch: int, steps: int, warmup: int,
 
 def measure_eval(name: str, dtype: str, batch: int, steps: int, warmup: int,
                  frames: int = EVAL_FRAMES) -> dict:
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  from slotcurri_jax import evaluate
-  from slotcurri_jax import parallel
-  from slotcurri_jax import train
-
+  # TensorFlow: see the imports at the top
+  from slotcurri_jax import evaluate, train
   base = name[:-len('_eval')]
   config = build_config(base, dtype, batch)
   run, shape = build_run(base, config)
@@ -367,19 +366,12 @@ def measure_eval(name: str, dtype: str, batch: int, steps: int, warmup: int,
   for rollout in ('forward', 'cyclic'):
     config.eval.rollout = rollout
     predictor = evaluate.make_predictor(config, run)
-    start = time.perf_counter()
-    compiled = jax.jit(predictor.predict).lower(state.params, video, active, num_frames).compile()
-    compile_s = time.perf_counter() - start
-    flops, _ = matmul_flops(jax.make_jaxpr(predictor.predict)(
-        state.params, video, active, num_frames).jaxpr)
-    times = []
-    for i in range(warmup + steps):
-      start = time.perf_counter()
-      jax.block_until_ready(compiled(state.params, video, active, num_frames))
-      if i >= warmup:
-        times.append(time.perf_counter() - start)
-    result[rollout] = {'step_times_s': times, 's_per_step': statistics.median(times),
-                       'videos_per_s': batch / statistics.median(times),
+    args = (state.params, video, active, num_frames)
+    compile_s, compiled = measure.compile_timed(jax.jit(predictor.predict), *args)
+    flops, _ = matmul_flops(jax.make_jaxpr(predictor.predict)(*args).jaxpr)
+    timing = measure.time_calls(lambda: compiled(*args), steps=steps, warmup=warmup)
+    result[rollout] = {'step_times_s': timing.times_s, 's_per_step': timing.median_s,
+                       'videos_per_s': batch / timing.median_s,
                        'compile_s': compile_s, 'model_flops_per_step': flops}
   result['cyclic_over_forward'] = result['cyclic']['s_per_step'] / result['forward']['s_per_step']
   result['peak_rss_bytes'] = _peak_rss_bytes()
@@ -389,11 +381,12 @@ def measure_eval(name: str, dtype: str, batch: int, steps: int, warmup: int,
 
 def child_main(spec: dict) -> None:
   """Run one measurement and print its JSON as the last stdout line."""
-  import warnings
   warnings.filterwarnings('ignore', message='Some donated buffers were not usable')
   kind = spec.pop('kind')
-  if kind == 'peak':
-    result = {'device': device_facts(), 'matmul_flops_per_s': measured_matmul_peak(),
+  if kind == 'peak':  # optional: {'matmul_n': N}, the side of the timed matmul
+    n = spec.get('matmul_n', 4096)
+    result = {'device': device_facts(), 'matmul_n': n,
+              'matmul_flops_per_s': measured_matmul_peak(n),
               'nominal_cpu_peak': nominal_cpu_peak()}
   elif kind == 'train':
     result = measure_train(**spec)
@@ -439,7 +432,8 @@ def summarise(results: list[dict], peak: dict) -> list[dict]:
       r['mfu_peak_basis'] = facts.get('peak_source')
     else:
       device_peak = max(peak['matmul_flops_per_s'].values())
-      r['mfu_peak_basis'] = ('measured best 4096^3 jit matmul on this CPU: '
+      n = peak.get('matmul_n', 4096)
+      r['mfu_peak_basis'] = (f'measured best {n}^3 jit matmul on this CPU: '
                              + ', '.join(f'{k} {v / 1e9:.0f} GFLOP/s'
                                          for k, v in peak['matmul_flops_per_s'].items()))
     r['mfu'] = achieved / device_peak if device_peak else None
@@ -566,19 +560,15 @@ def main(argv=None) -> None:
   summarise(results, peak)
   print_table(results, peak)
   platform_name = peak['device']['platform']
-  out = pathlib.Path(args.out or REPO / 'benchmarks' / 'results' /
+  out = args.out or (REPO / 'benchmarks' / 'results' /
                      f'train_step_{"gpu" if platform_name == "gpu" else "cpu"}.json')
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps({
-      'command': ' '.join([pathlib.Path(sys.argv[0]).name] + (argv or sys.argv[1:])),
-      'machine': {'cpu_count': os.cpu_count(), 'platform': platform.platform(),
-                  'processor': platform.processor()},
+  print()
+  measure.write_json(out, {
+      'machine': measure.machine_info(load_start),
       'device': peak['device'], 'matmul_peak_flops_per_s': peak['matmul_flops_per_s'],
       'nominal_cpu_peak': peak.get('nominal_cpu_peak'),
-      'load_average_start_end': [load_start, os.getloadavg()],
       'pytorch_anchors': {f'{k[0]}@{k[1]}': v for k, v in PYTORCH_ANCHORS.items()},
-      'results': results}, indent=1))
-  print(f'\nwrote {out}')
+      'results': results}, argv)
 
 
 if __name__ == '__main__':
