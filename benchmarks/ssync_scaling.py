@@ -44,13 +44,13 @@ from slotcurri_jax import ssync  # noqa: E402
 RESULTS = pathlib.Path(__file__).resolve().parent / 'results'
 
 
-def ssync_step(z_enc, z_dec, *, tau_merge: float):
-  """loss_bd + loss_in and its gradient wrt (z_enc [B,T,K,N], z_dec [B,T,K,N])."""
+def ssync_step(z_enc, z_dec, *, grid: int, tau_merge: float):
+  """loss_bd + loss_in and its gradient wrt (z_enc [B,T,K,N], z_dec [B,T,K,N]), N = grid^2."""
   active = jnp.ones(z_enc.shape[2], bool)
 
   def total(a, d):
-    loss_bd, loss_in, _ = ssync.ssync_losses(a, d, active, tau_merge=tau_merge,
-                                             group_size=a.shape[0])
+    loss_bd, loss_in, _ = ssync.ssync_losses(a, d, active, grid=(grid, grid),
+                                             tau_merge=tau_merge, group_size=a.shape[0])
     return loss_bd + loss_in
   return jax.value_and_grad(total, argnums=(0, 1))(z_enc, z_dec)
 
@@ -173,8 +173,8 @@ def main():
   for grid in grids:
     n = grid * grid
     z_enc, z_dec = ssync_inputs(rng, a.batch, a.frames, a.slots, grid)
-    r = compile_and_time(lambda x, y: ssync_step(x, y, tau_merge=a.tau_merge), (z_enc, z_dec),
-                         a.runs, None)
+    r = compile_and_time(lambda x, y: ssync_step(x, y, grid=grid, tau_merge=a.tau_merge),
+                         (z_enc, z_dec), a.runs, None)
     rows['ssync'].append(dict(grid=grid, num_patches=n, **r))
     emb = lambda: jnp.asarray(rng.normal(size=(a.batch, a.frames, n, a.dim)), jnp.float32)
     r = compile_and_time(lambda x, y: dense_step(x, y, frames_per_group=a.frames_per_group),
