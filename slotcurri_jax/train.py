@@ -91,11 +91,11 @@ def create_state(run: Run, mesh, rng: jax.Array, params: Any = None) -> tuple[Tr
   shardings = state_shardings(jax.eval_shape(init), config, mesh)
   state = jax.jit(init, out_shardings=shardings)()
   if params is not None:
-    params_lib.check_fits(params, state.params, source='the given params',
+    params_lib.check_fits(params, state.params, source='the given param tree',
                           fix="check the config's model sizes")
     state = state.replace(params=jax.tree.map(_place_from_host, params, state.params))
   elif pretrained is not None:
-    params_lib.check_fits(pretrained, state.params['encoder'], source='the pretrained weights',
+    params_lib.check_fits(pretrained, state.params['encoder'], source='the pretrained encoder',
                           fix='check model.encoder.variant (and model.encoder.weights)')
     new = dict(state.params)
     new['encoder'] = jax.tree.map(_place_from_host, pretrained, state.params['encoder'])
