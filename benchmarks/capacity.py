@@ -41,7 +41,6 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from slotcurri_jax import parallel  # noqa: E402
 from slotcurri_jax import train  # noqa: E402
 from slotcurri_jax import train_state as train_state_lib  # noqa: E402
 
@@ -119,7 +118,6 @@ def _raw_batch(config, stored):
 def count(dataset: str, variant: str, memory_batches=()) -> dict:
   config = paper_config(dataset, variant)
   run = train.Run.from_config(config)
-  mesh = parallel.create_mesh(devices=jax.devices()[:1])
   state = jax.eval_shape(lambda: _abstract_state(run))
   batch = _raw_batch(config, STORED[dataset])
   start = time.time()

@@ -349,8 +349,8 @@ class PreemptionGuard:
   the coordination service and picks one step at which every host stops; orbax's
   `CheckpointManager.reached_preemption(step)` says when that step is reached, so no
   step pays a cross-host collective. Ctrl-C on a host is passed on to that process as
-  SIGTERM and takes the same path. (With jax_enable_preemption_service off, a signal
-  just ends the process; the last checkpoint stands.)
+  SIGTERM and takes the same path. With jax_enable_preemption_service off, no handler
+  is installed: a signal ends the process and the last checkpoint stands.
 
   A second Ctrl-C raises KeyboardInterrupt at once (no save; the last checkpoint stands).
   """
@@ -359,7 +359,7 @@ class PreemptionGuard:
     self._checkpointer = checkpointer
     self._multi_process = jax.process_count() > 1
     self.requested = False
-    self.signal_name = 'SIGTERM'
+    self.signal_name = 'preemption' if self._multi_process else 'SIGTERM'
     self._previous = {}
 
   def reached(self, step: int) -> bool:
@@ -369,8 +369,12 @@ class PreemptionGuard:
     return self.requested
 
   def __enter__(self):
-    # Several processes: SIGTERM stays with jax's preemption service.
-    signals = (signal.SIGINT,) if self._multi_process else (signal.SIGTERM, signal.SIGINT)
+    if not self._multi_process:
+      signals = (signal.SIGTERM, signal.SIGINT)
+    elif jax.config.jax_enable_preemption_service:
+      signals = (signal.SIGINT,)  # SIGTERM stays with jax's preemption service
+    else:
+      signals = ()
     try:
       self._previous = {s: signal.signal(s, self._handle) for s in signals}
     except ValueError:  # not the main thread: signals stay with their handlers
@@ -381,14 +385,16 @@ class PreemptionGuard:
     del frame
     if self.requested and signum == signal.SIGINT:
       raise KeyboardInterrupt
-    self.signal_name = signal.Signals(signum).name
     self.requested = True
-    logging.warning('%s received: saving a checkpoint after this step, then exiting%s',
-                    self.signal_name,
+    when = ('at a step every host agrees on' if self._multi_process else 'after this step')
+    logging.warning('%s received: saving a checkpoint %s, then exiting%s',
+                    signal.Signals(signum).name, when,
                     ' (Ctrl-C again exits at once, without saving)' if signum == signal.SIGINT
                     else '')
     if self._multi_process:
       signal.raise_signal(signal.SIGTERM)  # to the preemption service: every host stops
+    else:
+      self.signal_name = signal.Signals(signum).name
 
   def __exit__(self, *exc):
     for s, previous in self._previous.items():

@@ -139,8 +139,8 @@ def _denormalise(video: np.ndarray) -> np.ndarray:
 
 
 def _clip_figure(video, pred, true, masks, error) -> np.ndarray:
-  """video [T, R, R, 3] normalised; pred, true [T, R, R] ids; masks [T, K, G, G];
-  error [T, G, G]."""
+  """video [T, R, R, 3] normalised; pred, true [T, R, R] ids; masks [T, K, G_h, G_w];
+  error [T, G_h, G_w]."""
   frames = _denormalise(np.asarray(video))
   res = frames.shape[1:3]
   masks_up = np.asarray(jax.image.resize(jnp.asarray(masks), masks.shape[:2] + res, 'linear'))

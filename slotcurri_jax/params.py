@@ -61,7 +61,7 @@ def differences(given: Mapping[str, tuple], model: Mapping[str, tuple],
   out = []
   for name in sorted(set(given) | set(model)):
     if name not in given:
-      out.append(f'{name}: missing')
+      out.append(f'{name}: not in the {given_name}')
     elif name not in model:
       out.append(f'{name}: not in the model')
     elif tuple(given[name]) != tuple(model[name]):

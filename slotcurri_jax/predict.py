@@ -52,8 +52,8 @@ class Predictor:
 
     Returns:
       ids [B, T, R, R] int32 (bilinearly upsampled masks, argmax over active slots),
-      masks [B, T, K, G, G] decoder alpha masks, slots [B, T, K, D_s], error
-      [B, T, G, G] per-patch reconstruction error, carry [B, K, D_s] = Pred(S) of the
+      masks [B, T, K, G_h, G_w] decoder alpha masks, slots [B, T, K, D_s], error
+      [B, T, G_h, G_w] per-patch reconstruction error, carry [B, K, D_s] = Pred(S) of the
       last real frame of each video (the next chunk's initial_state).
     """
     if self.prepare is not None:

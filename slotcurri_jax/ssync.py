@@ -103,7 +103,7 @@ def slot_iou(cover: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def label_areas(labels: jax.Array, num_slots: int) -> jax.Array:
-  """labels: [B, T, G, G] int -> int32 [B, num_slots], patch count per label over the clip."""
+  """labels: [B, T, G_h, G_w] int -> int32 [B, num_slots], patch count per label over the clip."""
   onehot = labels.reshape(labels.shape[0], -1)[..., None] == jnp.arange(num_slots)
   return jnp.sum(onehot, axis=1, dtype=jnp.int32)
 
@@ -114,7 +114,7 @@ def merge_mapping(iou: jax.Array, labels_enc: jax.Array, active_mask: jax.Array,
 
   Args:
     iou: [B, K, K] time-mean coverage IoU.
-    labels_enc: [B, T, G, G] pre-merge encoder labels (their areas pick the winner).
+    labels_enc: [B, T, G_h, G_w] pre-merge encoder labels (their areas pick the winner).
     active_mask: [K] bool; inactive slots get no edge and map to themselves.
     tau: merge threshold; an edge needs iou > tau (strict) and i != j.
 
@@ -139,7 +139,7 @@ def merge_mapping(iou: jax.Array, labels_enc: jax.Array, active_mask: jax.Array,
 
 
 def apply_mapping(labels: jax.Array, mapping: jax.Array) -> jax.Array:
-  """labels: [B, T, G, G] int; mapping: [B, K] int -> relabelled [B, T, G, G]."""
+  """labels: [B, T, G_h, G_w] int; mapping: [B, K] int -> relabelled [B, T, G_h, G_w]."""
   b = labels.shape[0]
   flat = jnp.take_along_axis(mapping, labels.reshape(b, -1), axis=1)
   return flat.reshape(labels.shape)
@@ -149,10 +149,10 @@ def disagreement_count(labels: jax.Array) -> jax.Array:
   """Neighbours (of the 10) whose label differs from the patch's own (docs/method.md §9.4).
 
   Args:
-    labels: [B, T, G, G] int.
+    labels: [B, T, G_h, G_w] int.
 
   Returns:
-    int32 [B, T, G, G] in [0, 10]. Indices outside the clip are clamped (edge
+    int32 [B, T, G_h, G_w] in [0, 10]. Indices outside the clip are clamped (edge
     padding in T, H and W), so a border patch may count itself, which agrees.
   """
   _, t, h, w = labels.shape
@@ -169,14 +169,14 @@ def region_masks(labels_enc: jax.Array, labels_dec: jax.Array, n_bd: int = 1,
   """Boundary set from the encoder labels, interior set from the decoder labels.
 
   Args:
-    labels_enc: [B, T, G, G] (merged) encoder labels.
-    labels_dec: [B, T, G, G] (merged) decoder labels.
+    labels_enc: [B, T, G_h, G_w] (merged) encoder labels.
+    labels_dec: [B, T, G_h, G_w] (merged) decoder labels.
     n_bd: a boundary patch has at least n_bd disagreeing neighbours...
     n_noise: ...and at least n_noise agreeing ones (drops isolated salt patches).
     n_nbd: an interior patch has fewer than n_nbd disagreeing neighbours.
 
   Returns:
-    (boundary, interior): bool [B, T, G, G] each. Independent masks: they may overlap
+    (boundary, interior): bool [B, T, G_h, G_w] each. Independent masks: they may overlap
     and need not cover every patch (docs/method.md §9.4).
   """
   d_enc = disagreement_count(labels_enc)
@@ -188,7 +188,7 @@ def region_masks(labels_enc: jax.Array, labels_dec: jax.Array, n_bd: int = 1,
 
 def _per_patch_loss(logits: jax.Array, labels: jax.Array, active_mask: jax.Array,
                     temperature: float, loss: str) -> jax.Array:
-  """logits: [B, T, K, N]; labels: [B, T, G, G] -> float32 [B, T, N] per-patch loss.
+  """logits: [B, T, K, N]; labels: [B, T, G_h, G_w] -> float32 [B, T, N] per-patch loss.
 
   'brier': sum over active slots of (softmax(z/temperature) - onehot)^2 (to be divided
   by K_active * |P|); 'ce': -log softmax(z/temperature)[label].
@@ -243,9 +243,9 @@ def pseudo_labels(z_enc: jax.Array, z_dec: jax.Array, active_mask: jax.Array, *,
     grid: the patch grid (G_h, G_w), G_h * G_w = N.
 
   Returns:
-    dict of labels_enc, labels_dec, labels_enc_merged, labels_dec_merged ([B, T, G, G]
+    dict of labels_enc, labels_dec, labels_enc_merged, labels_dec_merged ([B, T, G_h, G_w]
     int32), mapping ([B, K] int32), slot_iou ([B, K, K]), boundary, interior
-    ([B, T, G, G] bool).
+    ([B, T, G_h, G_w] bool).
   """
   z_enc = jax.lax.stop_gradient(z_enc)
   z_dec = jax.lax.stop_gradient(z_dec)
@@ -263,8 +263,8 @@ def pseudo_labels(z_enc: jax.Array, z_dec: jax.Array, active_mask: jax.Array, *,
 
 
 def ssync_losses(z_enc: jax.Array, z_dec: jax.Array, active_mask: jax.Array, *,
-                 grid: tuple[int, int], tau_merge: float, n_bd: int = 1, n_noise: int = 1, n_nbd: int = 1,
-                 temperature: float = 1.0, loss: str = 'brier',
+                 grid: tuple[int, int], tau_merge: float, n_bd: int = 1, n_noise: int = 1,
+                 n_nbd: int = 1, temperature: float = 1.0, loss: str = 'brier',
                  group_size: int | None = None,
                  reduction: str = 'group') -> tuple[jax.Array, jax.Array, dict]:
   """The boundary and interior losses of SSync (docs/method.md §9.5), ungated.

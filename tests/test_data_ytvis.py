@@ -1,6 +1,9 @@
 """YouTube-VIS builder and transforms on a tiny fake YouTube-VIS 2021 folder."""
+import copy
 import io
 import json
+import pathlib
+import shutil
 
 import numpy as np
 import PIL.Image
@@ -229,7 +232,30 @@ def test_stored_png_decodes_to_its_pixels():
   data = ytvis.stored_png(image)
   np.testing.assert_array_equal(np.asarray(PIL.Image.open(io.BytesIO(data))), image)
   np.testing.assert_array_equal(tf.io.decode_image(data, channels=3).numpy(), image)
-  assert len(data) > image.size  # stored, not compressed
+  # Stored, not compressed: a flat frame (which deflate would shrink to a few hundred
+  # bytes) keeps every row byte: a filter byte + 3 W per row.
+  flat = np.zeros((64, 64, 3), np.uint8)
+  assert len(ytvis.stored_png(flat)) >= 64 * (1 + 3 * 64)
+  np.testing.assert_array_equal(tf.io.decode_image(ytvis.stored_png(flat)).numpy(), flat)
+
+
+def test_a_1_0_0_build_still_loads(fake, tmp_path):
+  """Builder 1.0.1 only changed how frames are stored: a prepared 1.0.0 dataset is read
+  (with a warning) instead of being rebuilt or refused."""
+  config, _, _ = fake
+  current = ytvis.prepare(config)
+  old_root = tmp_path / 'tfds'
+  old_dir = old_root / pathlib.Path(current.data_dir).relative_to(config.data.data_dir).parent / '1.0.0'
+  shutil.copytree(current.data_dir, old_dir)
+  info = json.loads((old_dir / 'dataset_info.json').read_text())
+  info['version'] = '1.0.0'
+  (old_dir / 'dataset_info.json').write_text(json.dumps(info))
+  old_config = copy.deepcopy(config)
+  old_config.data.data_dir = str(old_root)
+  old_config.data.ytvis.manual_dir = ''  # nothing to rebuild from
+  builder = ytvis.prepare(old_config)
+  assert str(builder.version) == '1.0.0'
+  assert builder.info.splits['validation'].num_examples == 2
 
 
 def test_prepass_frames_are_nearest_samples(fake):

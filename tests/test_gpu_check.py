@@ -6,7 +6,7 @@ import pathlib
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import _CACHE, REPO
 
 SCRIPT = REPO / 'benchmarks' / 'gpu_check.sh'
 
@@ -89,7 +89,9 @@ def test_cpu_dry_run_writes_one_json(tmp_path):
   out = tmp_path / 'gpu_check.json'
   proc = subprocess.run(['bash', str(SCRIPT), '--cpu', '--out', str(out)], cwd=REPO,
                         capture_output=True, text=True, timeout=900,
-                        env=dict(os.environ, XLA_FLAGS=''))
+                        # the tests' own compilation cache, not the script's default in ~
+                        env=dict(os.environ, XLA_FLAGS='',
+                                 JAX_COMPILATION_CACHE_DIR=str(_CACHE / 'gpu_check_cpu')))
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   report = json.loads(out.read_text())
   assert report['ok'] and report['mode'] == 'cpu dry run'

@@ -215,3 +215,13 @@ def test_bad_inputs_raise():
     metrics.mbo(ids.astype(np.float32), ids)
   with pytest.raises(ValueError, match='convention'):
     metrics.image_mbo(ids, ids, convention='coco')
+
+
+def test_masks_to_ids_on_a_non_square_grid():
+  """A 2 x 3 patch grid upsampled to 4 x 6: slot 1 owns the last patch column, so it wins
+  the output columns whose bilinear source lies past the middle of columns 1 and 2."""
+  masks = np.zeros((1, 1, 2, 2, 3), np.float32)
+  masks[0, 0, 0, :, :2] = 1.0
+  masks[0, 0, 1, :, 2] = 1.0
+  ids = np.asarray(metrics.masks_to_ids(jnp.asarray(masks), jnp.ones(2, bool), (4, 6)))
+  np.testing.assert_array_equal(ids[0, 0], [[0, 0, 0, 0, 1, 1]] * 4)

@@ -269,6 +269,11 @@ def test_demo_head_start_inits():
   big = np.asarray(decoder_lib.sincos_position_init((8, 8))(None, (64, 32)))
   dist = [np.linalg.norm(big[0] - big[c]) for c in range(1, 8)]
   assert dist[0] < min(dist[1:]), dist
+  # A 2 x 3 grid: the first D/2 columns follow the row, the last D/2 the column.
+  wide = np.asarray(decoder_lib.sincos_position_init((2, 3))(None, (6, 8)))
+  np.testing.assert_allclose(wide[[1, 2], :4], wide[[0, 0], :4], atol=1e-6)
+  np.testing.assert_allclose(wide[3:, 4:], wide[:3, 4:], atol=1e-6)
+  assert not np.allclose(wide[3, :4], wide[0, :4]) and not np.allclose(wide[1, 4:], wide[0, 4:])
   with pytest.raises(ValueError, match=r'needs N = 3 x 3 \(the patch grid\)'):
     decoder_lib.sincos_position_init((3, 3))(None, (12, 8))
   decoder = decoder_lib.MLPDecoder(grid=(4, 4), output_dim=4, hidden=(8,), pos_init='bad')

@@ -254,3 +254,11 @@ def test_errors_name_the_bad_value():
     ssync.ssync_losses(z, z, jnp.ones(2, bool), grid=(2, 2), tau_merge=0.7, loss='mse')
   with pytest.raises(ValueError, match="ssync.reduction='mean'"):
     ssync.ssync_losses(z, z, jnp.ones(2, bool), grid=(2, 2), tau_merge=0.7, reduction='mean')
+
+
+def test_hard_labels_on_a_non_square_grid():
+  """N = 6 patches on a 2 x 3 grid, row-major: slot 1 wins the last column."""
+  z = np.zeros((1, 1, 2, 6), np.float32)
+  z[0, 0, 1, [2, 5]] = 1.0
+  labels = np.asarray(ssync.hard_labels(jnp.asarray(z), jnp.ones(2, bool), (2, 3)))
+  np.testing.assert_array_equal(labels[0, 0], [[0, 0, 1], [0, 0, 1]])

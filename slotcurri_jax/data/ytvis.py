@@ -53,6 +53,7 @@ import struct
 from typing import Any
 import zlib
 
+from absl import logging
 import numpy as np
 import PIL.Image
 import tensorflow as tf
@@ -218,6 +219,8 @@ class Ytvis2021(tfds.core.GeneratorBasedBuilder):
   """YouTube-VIS 2021 train split with the held-out convention (see module docstring)."""
 
   VERSION = tfds.core.Version('1.0.1')
+  # Read, not written: a 1.0.0 build holds the same pixels (compressed PNG frames).
+  SUPPORTED_VERSIONS = [tfds.core.Version('1.0.0')]
   RELEASE_NOTES = {'1.0.0': 'first release',
                    '1.0.1': 'frames stored as uncompressed PNG (`stored_png`): same pixels, '
                             'decoded about 7x faster, 1.6-2.2x the bytes'}
@@ -333,12 +336,14 @@ def video_example(root: str, video: dict, annotations: list, short: int, mode: s
   }
 
 
-def make_builder(config) -> Ytvis2021:
+def make_builder(config, version: str | None = None) -> Ytvis2021:
+  """The builder of config.data.ytvis's settings; version None = the current one."""
   y = config.data.ytvis
   builder_config = config_from_settings(y.num_heldout, y.prepass_short_side, y.prepass_resize)
   if builder_config.name in Ytvis2021.builder_configs:  # TFDS wants registered configs by name
     builder_config = builder_config.name
-  return Ytvis2021(config=builder_config, data_dir=spec_lib.data_dir(config, spec_lib.LOCAL_TFDS))
+  return Ytvis2021(config=builder_config, version=version,
+                   data_dir=spec_lib.data_dir(config, spec_lib.LOCAL_TFDS))
 
 
 def prepare(config) -> Ytvis2021:
@@ -346,6 +351,13 @@ def prepare(config) -> Ytvis2021:
   builder = make_builder(config)
   if builder.is_prepared():
     return builder
+  older = make_builder(config, version='1.0.0')
+  if older.is_prepared():
+    logging.warning('YouTube-VIS: using the 1.0.0 build in %s (the same pixels, stored as '
+                    'compressed PNG: about 7x the host CPU per decoded frame). Delete it and '
+                    'prepare 1.0.1 from config.data.ytvis.manual_dir for the faster one.',
+                    older.data_path)
+    return older
   manual_dir = config.data.ytvis.manual_dir
   if not manual_dir or not tf.io.gfile.exists(os.path.join(manual_dir, 'train', 'instances.json')):
     raise FileNotFoundError(

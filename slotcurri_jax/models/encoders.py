@@ -218,7 +218,7 @@ def load_encoder_params(config) -> Any | None:
 
   None for token input, for the CNN (trained from scratch) and for DINOv2 with encoder.random_init=True
   (tests and benchmarks only). Otherwise the DINOv2 weights must be found: a missing
-  file is fetched with huggingface_hub when that is installed and online, else a
+  file is fetched with huggingface_hub when this machine is online, else a
   FileNotFoundError says where to put which file. Never silently random.
   """
   ec = config.model.encoder

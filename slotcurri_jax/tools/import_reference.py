@@ -198,6 +198,9 @@ def slot_stack_template(config, params) -> Any:
       'kernel'].shape[1] - 1
   num_patches = params['decoder']['pos_emb'].shape[0]
   side = math.isqrt(num_patches)  # the reference stores N only; its grids are square
+  if side * side != num_patches:
+    raise ValueError(f'the reference checkpoint\'s decoder has {num_patches} positions, not a '
+                     'square patch grid')
   model = video_model.build_slot_stack(config, input_dim, target_dim, (side, side))
   feats = jnp.zeros((1, 1, num_patches, input_dim))
   targets = jnp.zeros((1, 1, num_patches, target_dim))
