@@ -49,7 +49,7 @@ import numpy as np
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RAW_KEYS = ('frames', 'size', 'crop', 'flip')
-_CUBIC_A = -0.75
+_CUBIC_A = -0.75  # PyTorch's bicubic coefficient
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -90,13 +90,11 @@ def source_positions(in_size, out_size, start, count: int) -> jax.Array:
   return (hi - 0.5) + lo  # hi - 0.5 is exact; one rounding of the exact sum
 
 
-def cubic_weights(in_size, out_size, start, offset, count: int, width: int) -> jax.Array:
-  """[count, width] float32: PyTorch's bicubic weights of outputs start .. start + count - 1
-  of a resize in_size -> out_size, over stored pixels offset .. offset + width - 1
-  (taps clamped to [0, in_size - 1] as PyTorch does; data/movi.py `cubic_weights`)."""
-  src = source_positions(in_size, out_size, start, count)
-  base = jnp.floor(src)
-  t = src - base
+def cubic_taps(t):
+  """The 4 weights of PyTorch's cubic convolution (a = -0.75) for the taps floor(src) - 1
+  .. floor(src) + 2, given t = src - floor(src) in [0, 1): a tuple of 4 arrays shaped like
+  t. Plain arithmetic, so the host pipeline (TensorFlow, data/transforms.py) and the
+  on-device resize share it."""
   a = _CUBIC_A
 
   def near(x):  # |x| <= 1
@@ -105,7 +103,16 @@ def cubic_weights(in_size, out_size, start, offset, count: int, width: int) -> j
   def far(x):  # 1 < |x| < 2
     return ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
 
-  taps = (far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t))
+  return far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)
+
+
+def cubic_weights(in_size, out_size, start, offset, count: int, width: int) -> jax.Array:
+  """[count, width] float32: PyTorch's bicubic weights of outputs start .. start + count - 1
+  of a resize in_size -> out_size, over stored pixels offset .. offset + width - 1
+  (taps clamped to [0, in_size - 1] as PyTorch does; data/movi.py `cubic_weights`)."""
+  src = source_positions(in_size, out_size, start, count)
+  base = jnp.floor(src)
+  taps = cubic_taps(src - base)
   base = base.astype(jnp.int32)
   weights = jnp.zeros((count, width), jnp.float32)
   for k, w in enumerate(taps):

@@ -16,7 +16,6 @@ import tensorflow as tf
 from slotcurri_jax.data import device_preprocess
 
 IMAGENET_MEAN, IMAGENET_STD = device_preprocess.IMAGENET_MEAN, device_preprocess.IMAGENET_STD
-_CUBIC_A = -0.75  # PyTorch's bicubic coefficient
 
 
 # --------------------------------------------------------------------------- resizes
@@ -36,16 +35,7 @@ def cubic_weights(in_size, out_size) -> tf.Tensor:
   src = tf.cast(_torch_scale(in_size, out_size) * (tf.range(out_size, dtype=tf.float64) + 0.5)
                 - 0.5, tf.float32)
   base = tf.floor(src)
-  t = src - base
-  a = _CUBIC_A
-
-  def near(x):  # |x| <= 1
-    return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
-
-  def far(x):  # 1 < |x| < 2
-    return ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
-
-  taps = (far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t))
+  taps = device_preprocess.cubic_taps(src - base)
   base = tf.cast(base, tf.int32)
   weights = 0.0
   for k, w in enumerate(taps):
