@@ -6,7 +6,7 @@ For each paper config (configs/movi_c.py, movi_e.py, ytvis.py; SlotCurri, and Sl
 SSync) at its paper global batch, the train step (train.make_train_step, the step that
 trains, fed a raw uint8 batch so the on-device resize is in it) is traced to a jaxpr,
 abstractly (nothing runs), and every dot_general / convolution is counted with
-benchmarks/train_step.py's counter (2 FLOPs per multiply-add, scan bodies x their length)
+the jaxpr counter of slotcurri_jax/costs.py (2 FLOPs per multiply-add, scans x their length)
 and attributed to a component by the Flax module path in its name stack:
   vit              the frozen DINOv2 backbone (forward only: its output is stop_gradient-ed)
   feature_mlp      the feature MLP on the backbone tokens
@@ -41,13 +41,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from slotcurri_jax import costs  # noqa: E402
 from slotcurri_jax import train  # noqa: E402
 from slotcurri_jax import train_state as train_state_lib  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / 'benchmarks'))
 import measure  # noqa: E402  (benchmarks/measure.py)
-import train_step as ts  # noqa: E402  (benchmarks/train_step.py: the FLOP counter)
 
 COMPONENTS = ('vit', 'feature_mlp', 'slot_attention', 'predictor', 'decoder', 'ssync', 'losses',
               'preprocess')
@@ -83,10 +83,10 @@ def count_by_component(jaxpr, prefix: str = '', out=None) -> dict:
     stack = f'{prefix}/{eqn.source_info.name_stack}'
     name = eqn.primitive.name
     if name in ('dot_general', 'conv_general_dilated'):
-      flops, _ = ts.matmul_flops(_OneEqn(eqn))
+      flops, _ = costs.jaxpr_flops(_OneEqn(eqn))
       out[component(stack)] += flops
       continue
-    subs = {k: ts._sub_jaxprs(v) for k, v in eqn.params.items()}
+    subs = {k: costs.sub_jaxprs(v) for k, v in eqn.params.items()}
     subs = {k: v for k, v in subs.items() if v}
     if not subs:
       continue

@@ -44,8 +44,8 @@ import PIL.Image  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import measure  # noqa: E402  (benchmarks/measure.py)
-import train_step as train_step_benchmark  # noqa: E402  (benchmarks/train_step.py)
 from slotcurri_jax import config as config_lib  # noqa: E402
+from slotcurri_jax import costs  # noqa: E402
 from slotcurri_jax.data import device_preprocess  # noqa: E402
 from slotcurri_jax.data import pipeline  # noqa: E402
 
@@ -108,7 +108,7 @@ def _device_preprocess(config, batch: dict, repeats: int = 5) -> dict:
   step = jax.jit(lambda b: device_preprocess.preprocess(b, config)['video'])
   device_batch = jax.device_put(batch)
   timing = measure.time_calls(lambda: step(device_batch), steps=repeats, warmup=1)
-  flops, _ = train_step_benchmark.matmul_flops(jax.make_jaxpr(step)(device_batch).jaxpr)
+  flops, _ = costs.jaxpr_flops(jax.make_jaxpr(step)(device_batch).jaxpr)
   s = timing.median_s
   return {'s_per_batch_this_cpu': s, 's_per_clip_this_cpu': s / config.data.batch_size,
           'compile_s': timing.warmup_s[0],  # the first call: compiles, then runs

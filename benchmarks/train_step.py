@@ -65,6 +65,7 @@ import numpy as np
 
 import measure  # benchmarks/measure.py
 from slotcurri_jax import config as config_lib
+from slotcurri_jax import costs
 from slotcurri_jax import parallel
 # slotcurri_jax.train and .evaluate are imported where used: they import TensorFlow (~5 s,
 # ~0.75 GB), which only the measuring child needs, not the driver (this script's parent
@@ -136,63 +137,6 @@ def build_run(name: str, config):
   if run.spec.input_key == 'features':
     return run, (b, t, run.spec.num_patches, run.spec.input_dim)
   return run, (b, t, r, r, 3)
-
-
-# --------------------------------------------------------------------------- FLOPs
-
-def _prod(xs) -> int:
-  out = 1
-  for x in xs:
-    out *= int(x)
-  return out
-
-
-def _sub_jaxprs(value):
-  """Jaxprs held by an equation parameter (ClosedJaxpr, Jaxpr, or a tuple of them)."""
-  if hasattr(value, 'eqns'):
-    return [value]
-  if hasattr(value, 'jaxpr') and hasattr(value.jaxpr, 'eqns'):
-    return [value.jaxpr]
-  if isinstance(value, (tuple, list)):
-    return [j for v in value for j in _sub_jaxprs(v)]
-  return []
-
-
-def matmul_flops(jaxpr) -> tuple[float, bool]:
-  """dot_general + conv FLOPs of a jaxpr (2 per multiply-add), scan bodies x length,
-  the larger branch of a cond. Returns (flops, saw_while_loop): a while loop's body is
-  counted once (its trip count is not static)."""
-  total, saw_while = 0.0, False
-  for eqn in jaxpr.eqns:
-    name = eqn.primitive.name
-    if name == 'dot_general':
-      (lhs_contract, rhs_contract), (_, rhs_batch) = eqn.params['dimension_numbers']
-      lhs, rhs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
-      rhs_free = [d for i, d in enumerate(rhs) if i not in rhs_contract and i not in rhs_batch]
-      total += 2.0 * _prod(lhs) * _prod(rhs_free)
-    elif name == 'conv_general_dilated':
-      rhs = eqn.invars[1].aval.shape
-      out = eqn.outvars[0].aval.shape
-      spec = eqn.params['dimension_numbers'].rhs_spec  # (out feature, in feature, spatial...)
-      total += 2.0 * _prod(out) * rhs[spec[1]] * _prod(rhs[d] for d in spec[2:])
-    else:
-      subs = {k: _sub_jaxprs(v) for k, v in eqn.params.items()}
-      subs = {k: v for k, v in subs.items() if v}
-      if not subs:
-        continue
-      if name == 'cond':
-        counts = [matmul_flops(j) for j in subs['branches']]
-        total += max(c[0] for c in counts)
-        saw_while |= any(c[1] for c in counts)
-        continue
-      scale = float(eqn.params['length']) if name == 'scan' else 1.0
-      saw_while |= name == 'while'
-      for jaxprs in subs.values():
-        for j in jaxprs:
-          flops, w = matmul_flops(j)
-          total += scale * flops
-          saw_while |= w
-  return total, saw_while
 
 
 # --------------------------------------------------------------------------- device facts
@@ -311,7 +255,7 @@ def measure_train(name: str, dtype: str, batch: int, steps: int, warmup: int,
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   memory = compiled.memory_analysis()
-  flops, saw_while = matmul_flops(
+  flops, saw_while = costs.jaxpr_flops(
       jax.make_jaxpr(train.make_train_step(run, num_slots))(state, data).jaxpr)
 
   peak_rss_after_compile = _peak_rss_bytes()
@@ -368,7 +312,7 @@ def measure_eval(name: str, dtype: str, batch: int, steps: int, warmup: int,
     predictor = evaluate.make_predictor(config, run)
     args = (state.params, video, active, num_frames)
     compile_s, compiled = measure.compile_timed(jax.jit(predictor.predict), *args)
-    flops, _ = matmul_flops(jax.make_jaxpr(predictor.predict)(*args).jaxpr)
+    flops, _ = costs.jaxpr_flops(jax.make_jaxpr(predictor.predict)(*args).jaxpr)
     timing = measure.time_calls(lambda: compiled(*args), steps=steps, warmup=warmup)
     result[rollout] = {'step_times_s': timing.times_s, 's_per_step': timing.median_s,
                        'videos_per_s': batch / timing.median_s,

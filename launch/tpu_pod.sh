@@ -10,19 +10,40 @@
 #   $2  workdir, a GCS path shared by all workers (gs://...)      [required]
 #   ... further flags passed to slotcurri_jax.main (--config.x=y overrides)
 # Environment:
-#   SKIP_INSTALL=1  do not (re)install the requirements
+#   SKIP_INSTALL=1    do not (re)install the requirements
+#   SKIP_AOT_CHECK=1  train without first compiling the steps for this slice
+#   TPU_TYPE=v5p-8    the slice's accelerator type (default: read from the TPU VM metadata)
+#
+# Before training, every worker compiles the run's train and eval steps for this slice on
+# its CPU (python -m slotcurri_jax.tools.aot; no chip is used, about one to three minutes):
+# a step that does not fit the chips' HBM stops here, with the cheapest options that fit,
+# instead of after the job has started.
 #
 # jax.distributed is initialised automatically on a TPU pod (every worker finds the
 # coordinator through the TPU metadata); each worker reads its own shard of the data
 # and only worker 0 writes summaries. Checkpoints go through orbax's multi-host path.
 set -euo pipefail
-usage() { sed -n '2,19p' "$0"; exit 2; }
+usage() { sed -n '2,26p' "$0"; exit 2; }
 [[ $# -ge 2 ]] || { echo "error: missing arguments (config and workdir)" >&2; usage; }
 CONFIG=$1; WORKDIR=$2; shift 2
 [[ -f "${CONFIG%%:*}" ]] || { echo "error: config file ${CONFIG%%:*} not found" >&2; exit 2; }
 [[ "$WORKDIR" == gs://* ]] || echo "warning: workdir $WORKDIR is not on GCS; every worker must see the same directory" >&2
 if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
   pip install -q -r requirements.txt -e .
-  pip install -q "jax[tpu]==0.10.2"
+  pip install -q -e ".[aot]"  # jax[tpu]: libtpu for the chips and for the check below
+fi
+if [[ "${SKIP_AOT_CHECK:-0}" != 1 ]]; then
+  TPU_TYPE=${TPU_TYPE:-$(curl -sf -H Metadata-Flavor:Google \
+    http://metadata.google.internal/computeMetadata/v1/instance/attributes/accelerator-type || true)}
+  if [[ -z "$TPU_TYPE" ]]; then
+    echo "warning: could not read this slice's accelerator type; set TPU_TYPE=v5p-8 (say) to check that the steps fit" >&2
+  else
+    overrides=()
+    for arg in "$@"; do if [[ "$arg" == --config.* ]]; then overrides+=("$arg"); fi; done
+    python -m slotcurri_jax.tools.aot --config="$CONFIG" --topology="$TPU_TYPE" "${overrides[@]}" || {
+      echo "error: the AOT check failed for $TPU_TYPE (above); SKIP_AOT_CHECK=1 trains anyway" >&2
+      exit 1
+    }
+  fi
 fi
 exec python -m slotcurri_jax.main --config="$CONFIG" --workdir="$WORKDIR" "$@"

@@ -172,6 +172,9 @@ def default_config() -> ml_collections.ConfigDict:
       fsdp=1,
       # (regex over '/'-joined param paths, PartitionSpec axes tuple); first match wins
       param_rules=(),
+      # True: params no rule matches are split over 'fsdp' too, every param of 2 or more
+      # dimensions on its largest dimension that mesh.fsdp divides (with their moments).
+      fsdp_all_params=False,
   ))
   c.distributed = ml_collections.ConfigDict(dict(
       coordinator_address='', num_processes=-1, process_id=-1,

@@ -92,6 +92,20 @@ def param_specs(params: Any, rules: Sequence[tuple[str, tuple]] = ()) -> Any:
   return jax.tree_util.tree_map_with_path(spec_for, params)
 
 
+def largest_dim_rules(params: Any, ways: int) -> tuple:
+  """param_rules that split every param of 2 or more dimensions over 'fsdp' on its largest
+  dimension that `ways` divides; the rest stays replicated. Each rule matches one param's
+  path, also as the end of a longer path (its optimizer moments')."""
+  rules = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    shape = np.shape(leaf)
+    dims = [int(d) for d in np.argsort(shape, kind='stable')[::-1] if shape[d] % ways == 0]
+    if len(shape) >= 2 and dims:
+      spec = tuple('fsdp' if d == dims[0] else None for d in range(len(shape)))
+      rules.append((f'(^|/){re.escape(path_name(path))}$', spec))
+  return tuple(rules)
+
+
 def param_shardings(params: Any, mesh: Mesh, rules: Sequence[tuple[str, tuple]] = ()) -> Any:
   """NamedShardings of `param_specs`; every split dimension must divide evenly."""
   specs = param_specs(params, rules)

@@ -79,6 +79,10 @@ class Predictor:
   def __call__(self, params, inputs, active_mask, num_frames, initial_state=None) -> dict:
     return self._jitted(params, inputs, active_mask, num_frames, initial_state)
 
+  def lower(self, params, inputs, active_mask, num_frames) -> jax.stages.Lowered:
+    """The compiled call's lowering for these (possibly abstract) arguments (tools/aot.py)."""
+    return self._jitted.lower(params, inputs, active_mask, num_frames)
+
   def compilations(self) -> int:
     """How many input shapes this predictor has compiled for."""
     return self._jitted._cache_size()  # pylint: disable=protected-access

@@ -77,17 +77,9 @@ def create_state(run: Run, mesh, rng: jax.Array, params: Any = None) -> tuple[Tr
   golden fixture's initial params), are then placed shard by shard from host memory.
   """
   config = run.config
-  params_rng, state_rng = jax.random.split(rng)
   # First: missing weights fail before compiling.
   pretrained = encoders.load_encoder_params(config) if params is None else None
-
-  tx = train_state_lib.make_optimizer(config, run.spec.frozen)
-
-  def init():
-    p = params_lib.init(run.model, run.spec, config, params_rng)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
-                      slot_error=run.curriculum.init_error_record(), rng=state_rng, tx=tx)
-
+  init = _state_init(run, rng)
   shardings = state_shardings(jax.eval_shape(init), config, mesh)
   state = jax.jit(init, out_shardings=shardings)()
   if params is not None:
@@ -103,6 +95,28 @@ def create_state(run: Run, mesh, rng: jax.Array, params: Any = None) -> tuple[Tr
   return state, shardings
 
 
+def _state_init(run: Run, rng: jax.Array) -> Callable[[], TrainState]:
+  """init() -> a fresh TrainState (call it inside jit or eval_shape)."""
+  params_rng, state_rng = jax.random.split(rng)
+  tx = train_state_lib.make_optimizer(run.config, run.spec.frozen)
+
+  def init():
+    p = params_lib.init(run.model, run.spec, run.config, params_rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
+                      slot_error=run.curriculum.init_error_record(), rng=state_rng, tx=tx)
+
+  return init
+
+
+def abstract_state(run: Run, mesh) -> tuple[TrainState, Any]:
+  """The state as jax.ShapeDtypeStructs placed on `mesh`, and its shardings: what the
+  steps compile for, with nothing allocated (tools/aot.py)."""
+  shapes = jax.eval_shape(_state_init(run, jax.random.PRNGKey(0)))
+  shardings = state_shardings(shapes, run.config, mesh)
+  return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                      shapes, shardings), shardings
+
+
 def _place_from_host(value, like: jax.Array) -> jax.Array:
   """A host array as a global jax.Array in `like`'s sharding (each host fills its shards)."""
   value = np.asarray(value, dtype=like.dtype)
@@ -112,6 +126,8 @@ def _place_from_host(value, like: jax.Array) -> jax.Array:
 def state_shardings(state: TrainState, config, mesh) -> Any:
   """Params and optimizer moments by config.mesh.param_rules; everything else replicated."""
   rules = [tuple(r) for r in config.mesh.param_rules]
+  if config.mesh.fsdp_all_params:
+    rules += parallel.largest_dim_rules(state.params, mesh.shape['fsdp'])
   param_sh = parallel.param_shardings(state.params, mesh, rules)
   # Optimizer moments mirror the params' tree, so the same rules apply to them.
   opt_sh = jax.tree.map(lambda _: parallel.replicated(mesh), state.opt_state)

@@ -38,6 +38,8 @@ from slotcurri_jax.data import transforms
 
 DEFAULT_DATA_DIR = 'gs://kubric-public/tfds'
 MOVI_CONFIG = '128x128'
+MOVI_SIDE = 128  # stored frame side of MOVI_CONFIG
+MOVI_FRAMES = 24  # frames per MOVi video
 MOVI_VERSION = '1.0.0'
 # --------------------------------------------------------------------------- builders
 
@@ -205,6 +207,12 @@ def check_video(video: dict, video_name: str, config) -> None:
 
 
 
+def stored_side(config) -> int:
+  """The stored frame side: MOVI_CONFIG's, or synthetic_movi's generated one."""
+  return (config.data.synthetic.resolution if config.data.name == 'synthetic_movi'
+          else MOVI_SIDE)
+
+
 def spec(name: str, build=builder) -> spec_lib.DatasetSpec:
   """The DatasetSpec of a dataset in MOVi's layout: 'movi_c', 'movi_e', or
   'synthetic_movi' with build=synthetic_builder."""
@@ -215,5 +223,7 @@ def spec(name: str, build=builder) -> spec_lib.DatasetSpec:
       eval_example=eval_example, eval_example_raw=eval_example_raw,
       check_video=check_video, shuffle_buffer=lambda config: config.data.shuffle_buffer,
       eval_lengths=lambda builder: None, eval_limit=lambda config: None,
-      eval_frame_side=lambda config, builder: max(builder.info.features['video'].shape[1:3]),
+      eval_frame_side=stored_side, train_frame_side=stored_side,
+      max_eval_frames=lambda config: (config.data.synthetic.num_frames
+                                      if name == 'synthetic_movi' else MOVI_FRAMES),
       metric_convention='movi')

@@ -4,6 +4,7 @@
   train_iterator(config, start_step=k)  infinite host-local numpy training batches
   eval_iterator(config)            finite host-local numpy evaluation batches
   prefetch_to_device(it, mesh, n)  host batches -> global sharded jax.Arrays, n in flight
+  batch_shapes(config)             the global batches' shapes, without reading data
 
 Determinism. A training batch is a function of (config.seed, process_index,
 step) only, so a job resumed at step k sees exactly the batches the
@@ -348,7 +349,7 @@ def eval_iterator(config, *, process_index: int | None = None,
       t_pad = int(math.ceil(longest / 8) * 8)
     if config.data.preprocess_on_device:
       yield _pad_raw_batch(videos, batch, t_pad, config.data.resolution,
-                           spec.eval_frame_side(config, builder))
+                           spec.eval_frame_side(config))
     else:
       yield _pad_batch(videos, batch, t_pad, config.data.resolution)
 
@@ -398,6 +399,32 @@ def _pad_raw_batch(videos: list[dict], batch: int, t_pad: int, size: int, side: 
     out['num_frames'][b] = t
     out['padding_mask'][b] = True
   return out
+
+
+# --------------------------------------------------------------------------- shapes
+
+def batch_shapes(config) -> tuple[dict, dict]:
+  """(train, eval): the global batches the iterators above yield (all hosts together), as
+  jax.ShapeDtypeStruct leaves, read from the config and the DatasetSpec only (no data):
+  the shapes the train and eval steps are compiled for (tools/aot.py). Eval is the
+  longest evaluation batch (DatasetSpec.max_eval_frames)."""
+  spec = datasets.dataset_spec(config)
+  struct = jax.ShapeDtypeStruct
+  b, t, r = config.data.batch_size, config.data.train_clip_len, config.data.resolution
+  e, t_eval = config.data.eval_batch_size, spec.max_eval_frames(config)
+
+  def frames(n, frames_, side):
+    if not config.data.preprocess_on_device:
+      return {'video': struct((n, frames_, r, r, 3), np.float32)}
+    return {'frames': struct((n, frames_, side, side, 3), np.uint8),
+            'size': struct((n, 4), np.int32), 'crop': struct((n, 4), np.int32),
+            'flip': struct((n,), np.bool_)}
+
+  train = frames(b, t, spec.train_frame_side(config))
+  evaluation = dict(frames(e, t_eval, spec.eval_frame_side(config)),
+                    segmentations=struct((e, t_eval, r, r), np.int32),
+                    num_frames=struct((e,), np.int32), padding_mask=struct((e,), np.bool_))
+  return train, evaluation
 
 
 # --------------------------------------------------------------------------- device transfer

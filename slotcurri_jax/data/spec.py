@@ -31,8 +31,12 @@ class DatasetSpec:
   eval_lengths(builder): per-video lengths of the evaluation split in order, or None
     when every video has the builder's fixed length.
   eval_limit(config): at most this many evaluation videos (None: no limit of its own).
-  eval_frame_side(config, builder): the side S of the stored evaluation frames that raw
-    batches carry (each frame fits in S x S; batches are padded to it on every host).
+  eval_frame_side(config): the side S of the stored evaluation frames that raw batches
+    carry (each frame fits in S x S; batches are padded to it on every host).
+  train_frame_side(config): the side of the square uint8 frames a raw training clip
+    ships (the stored frame, or the window its crop reads).
+  max_eval_frames(config): the frames T_pad of the longest evaluation batch.
+  These three give the batches' shapes without opening the data (tools/aot.py).
   metric_convention: 'movi' | 'ytvis', how per-frame metrics count frames (metrics.py).
   """
   name: str
@@ -47,7 +51,9 @@ class DatasetSpec:
   shuffle_buffer: Callable[[Any], int]
   eval_lengths: Callable[[Any], Optional[list]]
   eval_limit: Callable[[Any], Optional[int]]
-  eval_frame_side: Callable[[Any, Any], int]
+  eval_frame_side: Callable[[Any], int]
+  train_frame_side: Callable[[Any], int]
+  max_eval_frames: Callable[[Any], int]
   metric_convention: str
 
 

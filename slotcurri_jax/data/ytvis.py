@@ -68,6 +68,9 @@ LAYOUT = ('<manual_dir>/train/instances.json and '
           '(the official YouTube-VIS 2021 train split, unpacked)')
 MANIFEST = 'manifest.json'
 PREPASS_MODES = ('nearest_exact', 'bicubic')
+# Frames of the longest video of the 2021 train split: evaluation batches are padded to at
+# most ceil(76 / 8) * 8 = 80 frames (data/pipeline.py), the longest shape the eval step sees.
+LONGEST_VIDEO = 76
 
 
 # --------------------------------------------------------------------------- COCO-style masks
@@ -536,5 +539,7 @@ DATASET_SPEC = spec_lib.DatasetSpec(
     eval_lengths=lambda builder: [v['num_frames'] for v in read_manifest(builder)['heldout']],
     eval_limit=lambda config: config.eval.ytvis_num_videos,  # quirk 11
     # Evaluation ships each pre-passed video's centre square, whose side is the short side.
-    eval_frame_side=lambda config, builder: config.data.ytvis.prepass_short_side,
+    eval_frame_side=lambda config: config.data.ytvis.prepass_short_side,
+    train_frame_side=raw_window,
+    max_eval_frames=lambda config: int(math.ceil(LONGEST_VIDEO / 8) * 8),
     metric_convention='ytvis')

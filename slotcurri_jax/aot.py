@@ -1,0 +1,371 @@
+"""Compile a run's steps for a TPU slice this machine does not have, and read what they need.
+
+libtpu compiles for TPU without a TPU: `jax.experimental.topologies` gives the devices of a
+named slice, and a jitted step lowered with jax.ShapeDtypeStructs sharded over a Mesh of
+those devices compiles with the real TPU compiler, allocating nothing. The steps compiled
+here are the ones `main` trains and evaluates with, built through the same code:
+`train.Run` (encoder, model, curriculum, objective), the state's shardings from
+`config.mesh` (`train.abstract_state`), the global batches the input pipeline yields
+(`pipeline.batch_shapes`), `train.jit_train_step` (one per curriculum stage with
+`train.active_slots_only`) and the evaluation `Predictor`.
+
+Per step: per-device HBM from the compiler's memory analysis, plus what lives beside the
+step during training (the train state the eval step does not take, the prefetched
+batches), against the chip's HBM; FLOPs per device counted from the compiled HLO with
+loop trip counts (costs.stats), beside the jaxpr count of the same step; the step time
+those FLOPs take at the chip's bf16 peak (a lower bound); collective bytes; compile time.
+`plan_fit` tries the memory options on a step that does not fit and names the cheapest
+that fits.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import math
+import os
+import re
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from slotcurri_jax import costs
+from slotcurri_jax import evaluate as evaluate_lib
+from slotcurri_jax import parallel
+from slotcurri_jax import train
+from slotcurri_jax.data import device_preprocess
+from slotcurri_jax.data import pipeline
+
+GiB = 2 ** 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  """A TPU generation as its data sheet gives it. `named_by_cores`: Cloud names a slice by
+  TensorCores (2 per chip: v4-8 is 4 chips), else by chips (v5e-8 is 8 chips)."""
+  hbm_bytes: int
+  peak_bf16_flops: float
+  named_by_cores: bool
+  torus_3d: bool
+  source: str
+
+
+CHIPS = {
+    'v4': Chip(32 * GiB, 275e12, True, True, 'https://cloud.google.com/tpu/docs/v4'),
+    'v5e': Chip(16 * GiB, 197e12, False, False, 'https://cloud.google.com/tpu/docs/v5e'),
+    'v5p': Chip(95 * GiB, 459e12, True, True, 'https://cloud.google.com/tpu/docs/v5p'),
+    'v6e': Chip(32 * GiB, 918e12, False, False, 'https://cloud.google.com/tpu/docs/v6e'),
+}
+# Chip grids of the slices Cloud offers (the docs' topology tables), by chip count.
+_GRID_2D = {1: '1x1', 4: '2x2', 8: '2x4', 16: '4x4', 32: '4x8', 64: '8x8', 128: '8x16',
+            256: '16x16'}
+_GRID_3D = {4: '2x2x1', 8: '2x2x2', 16: '2x2x4', 32: '2x4x4', 64: '4x4x4', 128: '4x4x8',
+            256: '4x8x8', 512: '8x8x8', 1024: '8x8x16', 2048: '8x16x16', 4096: '16x16x16'}
+
+
+def topology_names() -> list[str]:
+  """Every slice name `topology` accepts, e.g. 'v5e-8', 'v5p-128'."""
+  names = []
+  for kind, chip in CHIPS.items():
+    grid = _GRID_3D if chip.torus_3d else _GRID_2D
+    names += [f'{kind}-{n * 2 if chip.named_by_cores else n}' for n in grid]
+  return names
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+  """A TPU slice: its name ('v5p-8'), chip, chip grid, and compile-only devices (one per
+  chip: the v4 and v5p megacore, as jax sees them on the hardware)."""
+  name: str
+  kind: str
+  grid: str
+  devices: tuple
+  chip: Chip
+
+  @property
+  def processes(self) -> int:
+    return len({d.process_index for d in self.devices})
+
+
+def topology(name: str) -> Topology:
+  """'v5p-8' (Cloud's accelerator type; 'v5litepod-8' is 'v5e-8') -> the slice's
+  compile-only devices.
+
+  Raises ValueError naming the accepted names for anything else."""
+  m = re.fullmatch(r'(v4|v5e|v5litepod|v5p|v6e)-(\d+)', name.strip().lower())
+  grid = None
+  if m:
+    kind, count = m.group(1).replace('v5litepod', 'v5e'), int(m.group(2))
+    chip = CHIPS[kind]
+    chips = count // 2 if chip.named_by_cores else count
+    if not chip.named_by_cores or count % 2 == 0:
+      grid = (_GRID_3D if chip.torus_3d else _GRID_2D).get(chips)
+  if grid is None:
+    raise ValueError(
+        f'unknown TPU topology {name!r}; use a Cloud accelerator type: v4-N and v5p-N name '
+        f'N TensorCores (N/2 chips), v5e-N (v5litepod-N) and v6e-N name N chips; one of '
+        f'{", ".join(topology_names())}')
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  # libtpu takes a lock file for the chips of this host; compiling touches no chip, so
+  # several compiling processes (and one training beside them) may load it at once.
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+  with _quiet_stderr():  # libtpu's start-up warnings about the absent TPU host
+    desc = topologies.get_topology_desc(f'{kind}:{grid}', 'tpu',
+                                        **({'chip_config_name': 'megacore'}
+                                           if chip.named_by_cores else {}))
+  return Topology(name=f'{kind}-{count}', kind=kind, grid=grid, devices=tuple(desc.devices),
+                  chip=chip)
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+  """Silence the C++ libraries' writes to file descriptor 2 (kept with SLOTCURRI_DEBUG)."""
+  if os.environ.get('SLOTCURRI_DEBUG'):
+    yield
+    return
+  saved = os.dup(2)
+  try:
+    with open(os.devnull, 'w') as devnull:
+      os.dup2(devnull.fileno(), 2)
+      yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
+# --------------------------------------------------------------------------- one step
+
+
+@dataclasses.dataclass
+class StepReport:
+  """What one compiled step needs on one device of `topology`."""
+  topology: str
+  devices: int
+  processes: int
+  step: str  # 'train', 'train (K=3)', 'eval'
+  per_device_batch: int
+  memory: dict  # bytes per device by kind (compiler's memory analysis + resident)
+  hbm_bytes_per_device: int
+  hbm_capacity_bytes: int
+  flops_per_device: float  # compiled HLO, loops x trip counts
+  counted_flops_per_device: float  # the traced jaxpr's count / devices
+  xla_cost_analysis_flops: float  # XLA's own count (loop bodies once)
+  lower_bound_step_seconds: float  # flops_per_device at the chip's bf16 peak
+  collective_bytes_per_device: dict
+  unknown_trip_counts: int
+  compile_seconds: float
+  options: dict = dataclasses.field(default_factory=dict)  # config overrides compiled with
+
+  @property
+  def fits(self) -> bool:
+    return self.hbm_bytes_per_device <= self.hbm_capacity_bytes
+
+  def as_json(self) -> dict:
+    return dict(dataclasses.asdict(self), fits=self.fits)
+
+
+def _with_sharding(tree: Any, sharding) -> Any:
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def _bytes_per_device(tree: Any) -> int:
+  """Bytes of one device's shards of a tree of sharded ShapeDtypeStructs."""
+  total = 0
+  for x in jax.tree.leaves(tree):
+    shape = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
+    total += math.prod(shape) * np.dtype(x.dtype).itemsize
+  return total
+
+
+def check_batch_split(batch: int, key: str, topo: Topology) -> None:
+  """The pipeline's split of a global batch: over processes, then their local devices."""
+  n, local = topo.processes, len(topo.devices) // topo.processes
+  if batch % n or (batch // n) % local:
+    raise ValueError(
+        f'config.data.{key}={batch} does not split over {topo.name} ({len(topo.devices)} '
+        f'devices, {n} hosts of {local}); set --config.data.{key} to a multiple of '
+        f'{len(topo.devices)}')
+
+
+@dataclasses.dataclass
+class Program:
+  """The run's steps on a topology, ready to lower (nothing allocated)."""
+  config: Any
+  topo: Topology
+  mesh: Any
+  run: train.Run
+  state: Any  # TrainState of sharded ShapeDtypeStructs
+  train_batch: dict
+  eval_batch: dict
+
+  @classmethod
+  def build(cls, config, topo: Topology) -> 'Program':
+    check_batch_split(config.data.batch_size, 'batch_size', topo)
+    check_batch_split(config.data.eval_batch_size, 'eval_batch_size', topo)
+    mesh = parallel.create_mesh(config.mesh.data, config.mesh.fsdp, devices=topo.devices)
+    run = train.Run.from_config(config)
+    if run.spec.input_key != 'video':
+      raise ValueError(f'model.encoder.kind={config.model.encoder.kind!r} reads precomputed '
+                       'tokens; compile a config whose encoder reads frames')
+    state, _ = train.abstract_state(run, mesh)
+    train_batch, eval_batch = pipeline.batch_shapes(config)
+    sharding = parallel.batch_sharding(mesh)
+    return cls(config=config, topo=topo, mesh=mesh, run=run, state=state,
+               train_batch=_with_sharding(train_batch, sharding),
+               eval_batch=_with_sharding(eval_batch, sharding))
+
+  def step_names(self) -> list[str]:
+    """'train' (or one 'train (K=k)' per curriculum stage), then 'eval'."""
+    if not self.config.train.active_slots_only:
+      return ['train', 'eval']
+    counts = sorted({k for _, k in self.run.curriculum.schedule})
+    return [f'train (K={k})' for k in counts] + ['eval']
+
+  def _lowerable(self, step: str) -> tuple[Callable, tuple]:
+    """(function to trace, its abstract arguments) of one step."""
+    if step == 'eval':
+      predictor = evaluate_lib.make_predictor(self.config, self.run, self.mesh)
+      replicated = parallel.replicated(self.mesh)
+      args = (self.state.params, device_preprocess.model_input(self.eval_batch),
+              jax.ShapeDtypeStruct((self.config.model.max_slots,), jnp.bool_,
+                                   sharding=replicated),
+              self.eval_batch['num_frames'])
+      return predictor, args
+    k = re.search(r'K=(\d+)', step)
+    shardings = jax.tree.map(lambda x: x.sharding, self.state)
+    jitted = train.jit_train_step(self.run, self.mesh, shardings,
+                                  num_slots=int(k.group(1)) if k else None)
+    return jitted, (self.state, self.train_batch)
+
+  def lower(self, step: str) -> jax.stages.Lowered:
+    """`step` lowered for the topology (seconds; its text identifies the program)."""
+    fn, args = self._lowerable(step)
+    return fn.lower(*args)
+
+  def compile(self, step: str, options: dict | None = None,
+              lowered: jax.stages.Lowered | None = None) -> StepReport:
+    """Compile `step` for the topology and report what it needs per device."""
+    fn, args = self._lowerable(step)
+    start = time.perf_counter()
+    with _quiet_stderr():
+      compiled = (lowered or fn.lower(*args)).compile()
+    seconds = time.perf_counter() - start
+    stats = costs.stats(compiled.as_text())
+    traced = fn.predict if step == 'eval' else train.make_train_step(
+        self.run, *([int(re.search(r'K=(\d+)', step).group(1))] if 'K=' in step else []))
+    counted, _ = costs.jaxpr_flops(jax.make_jaxpr(traced)(*args).jaxpr)
+    xla = compiled.cost_analysis()
+    xla = xla[0] if isinstance(xla, (list, tuple)) else (xla or {})
+    devices = len(self.topo.devices)
+    memory = self._memory(step, compiled.memory_analysis())
+    batch = self.config.data.eval_batch_size if step == 'eval' else self.config.data.batch_size
+    return StepReport(
+        topology=self.topo.name, devices=devices, processes=self.topo.processes, step=step,
+        per_device_batch=batch // devices, memory=memory,
+        hbm_bytes_per_device=sum(v for k, v in memory.items() if k != 'aliased') -
+        memory['aliased'],
+        hbm_capacity_bytes=self.topo.chip.hbm_bytes, flops_per_device=stats.flops,
+        counted_flops_per_device=counted / devices,
+        xla_cost_analysis_flops=float(xla.get('flops', 0.0)),
+        lower_bound_step_seconds=stats.flops / self.topo.chip.peak_bf16_flops,
+        collective_bytes_per_device=stats.collective_bytes,
+        unknown_trip_counts=stats.unknown_trip_counts, compile_seconds=seconds,
+        options=dict(options or {}))
+
+  def _memory(self, step: str, analysis) -> dict:
+    """Bytes per device: the compiler's arguments, outputs, aliased (outputs written into
+    donated arguments, counted once), temporaries and code, plus what stays in HBM beside
+    the step during training: the prefetched batches (data.prefetch) beside a train step;
+    the train state's other parts (optimizer moments, ...) beside the eval step."""
+    out = {'arguments': analysis.argument_size_in_bytes,
+           'outputs': analysis.output_size_in_bytes,
+           'aliased': analysis.alias_size_in_bytes,
+           'temporaries': analysis.temp_size_in_bytes,
+           'generated_code': analysis.generated_code_size_in_bytes}
+    if step == 'eval':
+      out['resident_train_state'] = (_bytes_per_device(self.state) -
+                                     _bytes_per_device(self.state.params))
+    else:
+      out['prefetched_batches'] = self.config.data.prefetch * _bytes_per_device(self.train_batch)
+    return out
+
+
+# --------------------------------------------------------------------------- what fits
+
+def memory_options(topo: Topology) -> dict[str, dict]:
+  """The options that trade speed (or, bf16, float32 rounding) for memory, as config
+  overrides: decoder remat, params and moments sharded over every device (fsdp), bf16."""
+  devices = len(topo.devices)
+  return {
+      'remat': {'model.decoder.remat': True},
+      'fsdp': {'mesh.fsdp': devices, 'mesh.fsdp_all_params': True},
+      'bf16': {'model.compute_dtype': 'bfloat16', 'model.encoder.dtype': 'bfloat16'},
+  }
+
+
+def apply_overrides(config, overrides: dict):
+  """A copy of `config` with dotted-key overrides applied."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    for key, value in overrides.items():
+      *parents, leaf = key.split('.')
+      node = config
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
+  return config
+
+
+@dataclasses.dataclass
+class FitPlan:
+  """What was tried for a step that did not fit, and the cheapest that fits (if any)."""
+  tried: list  # [(option names, StepReport)]
+  best: tuple | None  # (option names, StepReport) of the cheapest that fits
+  max_per_device_batch: int | None  # with every option, when none fits at this batch
+
+
+def _cost(entry) -> tuple:
+  """Order of cheapness: exact options before bf16 (which changes float32 rounding), then
+  the step's FLOPs (remat recomputes), its collective bytes (fsdp gathers), fewer options."""
+  names, report = entry
+  return ('bf16' in names, report.flops_per_device,
+          sum(report.collective_bytes_per_device.values()), len(names))
+
+
+def plan_fit(config, topo: Topology, step: str,
+             compile_fn: Callable[[Any, str, dict], StepReport] | None = None) -> FitPlan:
+  """Try the memory options (alone, in pairs, all three) on `step`; stop at the first
+  group in which something fits and keep its cheapest. When nothing fits, find the
+  largest per-device batch that fits with all of them (compiled, not extrapolated)."""
+  compile_fn = compile_fn or (lambda c, s, o: Program.build(c, topo).compile(s, o))
+  options = memory_options(topo)
+  tried = []
+  for size in (1, 2, 3):
+    group = []
+    for names in itertools.combinations(options, size):
+      overrides = {k: v for n in names for k, v in options[n].items()}
+      report = compile_fn(apply_overrides(config, overrides), step, overrides)
+      group.append((names, report))
+    tried += group
+    fitting = [e for e in group if e[1].fits]
+    if fitting:
+      return FitPlan(tried=tried, best=min(fitting, key=_cost), max_per_device_batch=None)
+  names, report = tried[-1]  # all three options
+  key = 'eval_batch_size' if step == 'eval' else 'batch_size'
+  devices = len(topo.devices)
+  per_device = report.per_device_batch
+  # Memory grows about linearly with the batch: start from that estimate, then halve.
+  fixed = report.memory['arguments'] - report.memory['aliased']
+  estimate = int(per_device * (report.hbm_capacity_bytes - fixed) /
+                 max(report.hbm_bytes_per_device - fixed, 1))
+  candidate = min(max(estimate, 1), per_device - 1)
+  overrides = {k: v for n in names for k, v in options[n].items()}
+  while candidate >= 1:
+    smaller = dict(overrides, **{f'data.{key}': candidate * devices})
+    if compile_fn(apply_overrides(config, smaller), step, smaller).fits:
+      return FitPlan(tried=tried, best=None, max_per_device_batch=candidate)
+    candidate //= 2
+  return FitPlan(tried=tried, best=None, max_per_device_batch=0)
