@@ -1,7 +1,7 @@
 r"""docs/scaling.md's TPU table, from the TPU compiler: every paper config on four slices.
 
-  python benchmarks/aot_table.py [--topologies=v5e-8,v4-8,v5p-8,v5p-128] [--only=movi_c]
-      [--out=benchmarks/results/aot_table.json] [--doc=docs/scaling.md]
+  python benchmarks/aot_table.py [--jobs=2] [--topologies=v5e-8,v5p-8,v4-8,v5p-128]
+      [--only=movi_c] [--out_dir=benchmarks/results] [--doc=docs/scaling.md]
 
 For each paper config x method (configs/movi_c.py, movi_e.py, ytvis.py; slotcontrast,
 slotcurri, ssync, slotcurri_ssync) at its paper global batch and each slice, the train
@@ -13,8 +13,10 @@ rollout, a candidate seen before) is not compiled again: its lowered text is the
 On a slice whose chips do not divide the paper's evaluation batch, the evaluation batch
 is raised to the number of chips (the row says so).
 
-Every result is saved as it comes (`--out`, JSON; a rerun skips what it holds), and the
-Markdown table between the markers in `--doc` is rewritten from the whole JSON.
+Every result is saved as it comes (`<out_dir>/aot_table_<slice>.json`; a rerun skips what
+they hold), and the Markdown table between the markers in `--doc` is rewritten from all of
+them. SlotCurri is compiled on every slice first, then SSync, SlotContrast and SlotCurri +
+SSync; --jobs deals the slices to that many processes.
 Needs libtpu (`pip install -e ".[aot]"`). Each compile takes 0.5-3 minutes on 2 cores.
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ import hashlib
 import json
 import os
 import pathlib
+import subprocess
 import sys
 import time
 
@@ -38,8 +41,8 @@ sys.path.insert(0, str(REPO / 'benchmarks'))
 import measure  # noqa: E402  (benchmarks/measure.py)
 
 DATASETS = ('movi_c', 'movi_e', 'ytvis')
-METHODS = ('slotcontrast', 'slotcurri', 'ssync', 'slotcurri_ssync')
-TOPOLOGIES = ('v5e-8', 'v4-8', 'v5p-8', 'v5p-128')
+METHODS = ('slotcurri', 'ssync', 'slotcontrast', 'slotcurri_ssync')  # the order they are run
+TOPOLOGIES = ('v5e-8', 'v5p-8', 'v4-8', 'v5p-128')
 BEGIN, END = '<!-- aot-table:begin -->', '<!-- aot-table:end -->'
 
 
@@ -70,11 +73,15 @@ def config_for(dataset: str, method: str, topo) -> tuple:
   return aot.apply_overrides(config, overrides), overrides
 
 
-def entry(dataset: str, method: str, topo, compiler: Compiler) -> dict:
+def entry(dataset: str, method: str, topo, compiler: Compiler, saved: dict | None = None
+          ) -> dict:
+  """One config on one slice; the steps of `saved` (an earlier entry) are kept."""
   config, overrides = config_for(dataset, method, topo)
   program = aot.Program.build(config, topo)
-  steps = {}
+  steps = dict(saved['steps']) if saved else {}
   for step in program.step_names():
+    if step in steps:
+      continue
     report = compiler(config, topo, step)
     row = {'default': report.as_json()}
     if not report.fits:
@@ -112,20 +119,23 @@ def markdown(results: list[dict]) -> str:
            '|---|---|---|---|---|---|---|---|---|']
   for r in results:
     train = [v for k, v in r['steps'].items() if k.startswith('train')][-1]
-    evaluation = r['steps']['eval']
+    evaluation = r['steps'].get('eval')
     d = train['default']
     note = ''.join(f' ({k}={v})' for k, v in r['overrides'].items())
     lines.append(
         f'| `{r["config"]}`{note} | {r["topology"]} ({r["chips"]}) | {d["per_device_batch"]} | '
-        f'{_fit_cell(train)} | {_fit_cell(evaluation)} | '
+        f'{_fit_cell(train)} | {_fit_cell(evaluation) if evaluation else "not compiled yet"} | '
         f'{d["flops_per_device"] / 1e12:.2f} / {d["counted_flops_per_device"] / 1e12:.2f} | '
         f'{1e3 * d["lower_bound_step_seconds"]:.0f} | '
         f'{sum(d["collective_bytes_per_device"].values()) / 1e6:.1f} | '
-        f'{d["compile_seconds"]:.0f}, {evaluation["default"]["compile_seconds"]:.0f} |')
+        f'{d["compile_seconds"]:.0f}, '
+        f'{evaluation["default"]["compile_seconds"] if evaluation else float("nan"):.0f} |')
   return '\n'.join(lines)
 
 
-def write_doc(doc: pathlib.Path, results: list[dict]) -> None:
+def write_doc(doc: pathlib.Path, out_dir: pathlib.Path) -> None:
+  """Rewrite the table between the markers of `doc` from every saved slice."""
+  results = all_results(out_dir)
   text = doc.read_text()
   if BEGIN not in text or END not in text:
     raise SystemExit(f'{doc} has no {BEGIN} ... {END} markers')
@@ -134,32 +144,64 @@ def write_doc(doc: pathlib.Path, results: list[dict]) -> None:
   doc.write_text(f'{head}{BEGIN}\n{markdown(results)}\n{END}{tail}')
 
 
+def result_path(out_dir: pathlib.Path, topology: str) -> pathlib.Path:
+  return out_dir / f'aot_table_{topology}.json'
+
+
+def run_slices(names: list[str], only: str, out_dir: pathlib.Path, doc: pathlib.Path) -> None:
+  """Every paper config on these slices, SlotCurri on every slice first, then the other
+  methods; each result saved as it comes (a rerun skips what is saved)."""
+  topos = [aot.topology(name) for name in names]
+  results = {}
+  for topo in topos:
+    path = result_path(out_dir, topo.name)
+    results[topo.name] = {r['config']: r for r in
+                          (json.loads(path.read_text())['results'] if path.exists() else [])}
+  compiler = Compiler()
+  start = time.time()
+  for method in METHODS:
+    for dataset in DATASETS:
+      for topo in topos:
+        config = f'configs/{dataset}.py:{method}'
+        saved = results[topo.name].get(config)
+        if only not in f'{dataset}:{method}' or (saved and 'eval' in saved['steps']):
+          continue
+        results[topo.name][config] = entry(dataset, method, topo, compiler, saved)
+        measure.write_json(result_path(out_dir, topo.name), {
+            'topology': topo.name, 'results': list(results[topo.name].values()),
+            'jax': measure.jax_info(), 'machine': measure.machine_info(None),
+            'seconds_this_run': time.time() - start})
+        write_doc(doc, out_dir)
+
+
+def all_results(out_dir: pathlib.Path) -> list[dict]:
+  """Every saved row, in the order of TOPOLOGIES, DATASETS and METHODS."""
+  rows = [r for t in TOPOLOGIES if result_path(out_dir, t).exists()
+          for r in json.loads(result_path(out_dir, t).read_text())['results']]
+  order = [f'configs/{d}.py:{m}' for d in DATASETS
+           for m in ('slotcontrast', 'slotcurri', 'ssync', 'slotcurri_ssync')]
+  return sorted(rows, key=lambda r: (TOPOLOGIES.index(r['topology']), order.index(r['config'])))
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--topologies', default=','.join(TOPOLOGIES))
   parser.add_argument('--only', default='', help='substring of "dataset:method" to run')
-  parser.add_argument('--out', default=str(REPO / 'benchmarks/results/aot_table.json'))
+  parser.add_argument('--jobs', type=int, default=1, help='slices compiled at once')
+  parser.add_argument('--out_dir', default=str(REPO / 'benchmarks/results'))
   parser.add_argument('--doc', default=str(REPO / 'docs/scaling.md'))
   args = parser.parse_args()
-  out = pathlib.Path(args.out)
-  saved = json.loads(out.read_text()) if out.exists() else {}
-  results = {(r['config'], r['topology']): r for r in saved.get('results', [])}
-  compiler = Compiler()
-  start = time.time()
-  for name in args.topologies.split(','):
-    topo = aot.topology(name)
-    for dataset in DATASETS:
-      for method in METHODS:
-        key = (f'configs/{dataset}.py:{method}', topo.name)
-        if args.only not in f'{dataset}:{method}' or key in results:
-          continue
-        results[key] = entry(dataset, method, topo, compiler)
-        ordered = sorted(results.values(), key=lambda r: (
-            TOPOLOGIES.index(r['topology']) if r['topology'] in TOPOLOGIES else 99, r['config']))
-        measure.write_json(out, {'results': ordered, 'jax': measure.jax_info(),
-                                 'machine': measure.machine_info(None),
-                                 'seconds_this_run': time.time() - start})
-        write_doc(pathlib.Path(args.doc), ordered)
+  out_dir, doc = pathlib.Path(args.out_dir), pathlib.Path(args.doc)
+  names = args.topologies.split(',')
+  if args.jobs > 1:  # the slices dealt round-robin to args.jobs processes
+    jobs = [subprocess.Popen([sys.executable, __file__, f'--topologies={",".join(names[i::args.jobs])}',
+                              f'--only={args.only}', f'--out_dir={out_dir}', f'--doc={doc}'])
+            for i in range(min(args.jobs, len(names)))]
+    for job in jobs:
+      job.wait()
+  else:
+    run_slices(names, args.only, out_dir, doc)
+  write_doc(doc, out_dir)
 
 
 if __name__ == '__main__':

@@ -21,6 +21,8 @@ import functools
 import math
 import re
 
+import numpy as np
+
 _BYTES = {'pred': 1, 's8': 1, 'u8': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16': 2, 's32': 4,
           'u32': 4, 'f32': 4, 's64': 8, 'u64': 8, 'f64': 8, 'c64': 8, 'c128': 16,
           's4': 0.5, 'u4': 0.5}
@@ -150,27 +152,47 @@ def _operand_types(call: str, types: dict[str, str]) -> str:
 
 def _matmul_flops(out_type: str, opcode: str, call: str, types: dict[str, str]) -> float:
   out = _arrays(out_type)
-  operands = [_arrays(types.get(n, ''))[:1] or [('', [])]
-              for n in re.findall(r'%([\w.\-]+)', _operands(call))]
-  operands = [o[0] for o in operands] if not _ARRAY.search(_operands(call)) else _arrays(_operands(call))
+  operands = _arrays(_operand_types(call, types))
   if not out or len(operands) < 2:
     return 0.0
   out_elems = math.prod(out[0][1])
   if opcode == 'dot':
     lhs = operands[0][1]
     return 2.0 * out_elems * math.prod(lhs[d] for d in _dims_attr(call, 'lhs_contracting_dims'))
-  # convolution: every output element sums over the kernel's window x input features.
-  rhs = operands[1][1]
-  labels = re.search(r'dim_labels=\w+_(\w+)->', call)
-  o = labels.group(1).index('o') if labels else len(rhs) - 1
-  macs = math.prod(rhs) / max(rhs[o], 1)
-  # A base-dilated input (how the TPU compiler writes some batched matmuls) has holes: a
-  # window of size s over an input dilated d times covers ceil(s / d) real elements.
-  size, dilate = re.search(r'size=([\dx]+)', call), re.search(r'lhs_dilate=([\dx]+)', call)
-  if size and dilate:
-    for s, d in zip(size.group(1).split('x'), dilate.group(1).split('x')):
-      macs *= math.ceil(int(s) / int(d)) / int(s)
-  return 2.0 * out_elems * macs
+  return 2.0 * _conv_macs(out[0][1], operands[0][1], operands[1][1], call)
+
+
+def _window(call: str, key: str, rank: int, default: int) -> list[list[int]]:
+  """window={size=3x3 stride=2x2 pad=1_1x0_0 ...} -> per spatial dimension [values]."""
+  m = re.search(r'window=\{[^}]*\b' + key + r'=([\d_x]+)', call)
+  if not m:
+    return [[default, default] if key == 'pad' else [default] for _ in range(rank)]
+  return [[int(v) for v in part.split('_')] for part in m.group(1).split('x')]
+
+
+def _conv_macs(out: list[int], lhs: list[int], rhs: list[int], call: str) -> float:
+  """Multiply-adds of a convolution: per spatial dimension, the (output, kernel tap) pairs
+  that land on a real input element, not on padding or the holes of a dilated input (the
+  TPU compiler writes batched matmuls as convolutions whose batch dimensions are spatial
+  ones, padded so that one tap in a window lands), times the kernel's input features and
+  the output's batch x feature elements."""
+  labels = re.search(r'dim_labels=(\w+)_(\w+)->(\w+)', call)
+  if not labels:
+    return 0.0
+  lhs_l, rhs_l, out_l = labels.groups()
+  rank = sum(ch.isdigit() for ch in out_l)
+  sizes, strides = _window(call, 'size', rank, 1), _window(call, 'stride', rank, 1)
+  pads = _window(call, 'pad', rank, 0)
+  lhs_dil, rhs_dil = _window(call, 'lhs_dilate', rank, 1), _window(call, 'rhs_dilate', rank, 1)
+  macs = math.prod(out) * rhs[rhs_l.index('i')]
+  for d in range(rank):
+    n, m = lhs[lhs_l.index(str(d))], out[out_l.index(str(d))]
+    k = rhs[rhs_l.index(str(d))]
+    taps = (np.arange(m)[:, None] * strides[d][0] + np.arange(k)[None, :] * rhs_dil[d][0]
+            - pads[d][0])
+    real = (taps >= 0) & (taps <= (n - 1) * lhs_dil[d][0]) & (taps % lhs_dil[d][0] == 0)
+    macs *= real.sum() / m  # the output's spatial size is in math.prod(out)
+  return float(macs)
 
 
 def _parse(text: str) -> tuple[dict[str, list[str]], str]:

@@ -115,17 +115,22 @@ def test_a_step_that_cannot_fit_ends_in_one_line():
   assert report['topology'] == 'v5e-4' and report['devices'] == 4 and report['step'] == 'eval'
 
 
-@pytest.mark.parametrize('args, message', [
-    (('--topology=v5e-3',), 'unknown TPU topology'),
-    (('--topology=v5e-4', '--config.data.batch_size=6'), 'does not split over v5e-4'),
-    (('--topology=v5e-4', '--config.mesh.fsdp=3'), 'mesh.fsdp=3'),
-])
-def test_bad_input_is_one_line(args, message):
-  result = _aot_cli('--config=configs/demo.py', *args, timeout=120)
+def test_bad_input_is_one_line():
+  # Every ValueError of the slice and the config is one line (the launcher test below
+  # shows a bad topology name through the same path).
+  result = _aot_cli('--config=configs/demo.py', '--topology=v5e-4',
+                    '--config.data.batch_size=6', timeout=120)
   assert result.returncode == 1
   errors = _error_lines(result.stderr)
-  assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+  assert len(errors) == 1 and 'does not split over v5e-4' in errors[0], result.stderr[-2000:]
   assert 'Traceback' not in result.stderr
+
+
+def test_a_mesh_that_does_not_match_the_slice_is_refused():
+  config = config_lib.load(f'{REPO}/configs/demo.py')
+  config.mesh.fsdp = 3
+  with pytest.raises(ValueError, match=r'mesh.fsdp=3 must be >= 1 and divide the 4 devices'):
+    aot.Program.build(config, aot.topology('v5e-4'))
 
 
 # --------------------------------------------------------------------------- the fit planner
@@ -194,3 +199,37 @@ def test_compiled_flops_count_every_trip_of_a_loop():
   assert stats.flops == 7 * matmul + 2 * matmul  # the scan's 7 trips, the larger branch
   traced, _ = costs.jaxpr_flops(jax.make_jaxpr(f)(x).jaxpr)
   assert traced == stats.flops
+
+
+def test_the_tpu_pod_launcher_checks_the_slice_before_training(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', SKIP_INSTALL='1', TPU_TYPE='v5e-3',
+             PATH=f'{os.path.dirname(sys.executable)}:{os.environ["PATH"]}')
+  env.pop('XLA_FLAGS', None)
+  result = subprocess.run(['bash', 'launch/tpu_pod.sh', 'configs/demo.py', str(tmp_path / 'run'),
+                           '--config.train.steps=1'], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 1
+  assert 'error: unknown TPU topology' in result.stderr
+  assert 'the AOT check failed for v5e-3' in result.stderr
+  assert not (tmp_path / 'run').exists()  # training never started
+
+
+def test_convolution_flops_count_only_taps_on_real_input():
+  # Padding and the holes of a dilated input do no work: the TPU compiler writes batched
+  # matmuls as convolutions whose padded windows hit one real element each.
+  hlo = '''HloModule m
+
+ENTRY %main (p0: f32[2,5,3], p1: f32[3,3,4], p2: f32[1,3,1], p3: f32[2,1,1]) -> f32[2,5,4] {
+  %p0 = f32[2,5,3]{2,1,0} parameter(0)
+  %p1 = f32[3,3,4]{2,1,0} parameter(1)
+  %p2 = f32[1,3,1]{2,1,0} parameter(2)
+  %p3 = f32[2,1,1]{2,1,0} parameter(3)
+  %padded = f32[2,5,4]{2,1,0} convolution(%p0, %p1), window={size=3 pad=1_1}, dim_labels=b0f_0io->b0f
+  %dilated = f32[1,4,1]{2,1,0} convolution(%p2, %p3), window={size=2 lhs_dilate=2}, dim_labels=b0f_0io->b0f
+  ROOT %out = f32[2,5,4]{2,1,0} copy(%padded)
+}
+'''
+  # padded: outputs 0 and 4 see 2 of their 3 taps, outputs 1-3 all 3: 13 (output, tap)
+  # pairs x batch 2 x 4 output x 3 input features. dilated: inputs at 0, 2, 4 of 5
+  # positions, each window of 2 covers one: 4 pairs.
+  assert costs.stats(hlo).flops == 2 * (13 * 2 * 4 * 3) + 2 * 4

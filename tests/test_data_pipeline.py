@@ -166,3 +166,19 @@ def test_undecodable_record_is_named(data_dir, tmp_path):
   config = _corrupt(data_dir, tmp_path / 'eval', 'validation', 2)
   with pytest.raises(ValueError, match=r"video 'validation_000002', record 2 of "):
     list(pipeline.eval_iterator(config))
+
+
+@pytest.mark.parametrize('on_device', [True, False])
+def test_batch_shapes_are_the_batches_the_iterators_yield(data_dir, on_device):
+  """What tools/aot.py compiles for, read from the config alone, is what training feeds."""
+  config = _config(data_dir, preprocess_on_device=on_device)
+  train_shapes, eval_shapes = pipeline.batch_shapes(config)
+
+  def layout(batch):
+    return {k: (tuple(np.shape(v)), np.asarray(v).dtype) for k, v in batch.items()}
+
+  expected = {k: (v.shape, np.dtype(v.dtype)) for k, v in train_shapes.items()}
+  assert layout(next(pipeline.train_iterator(config))) == expected
+  evaluation = {k: v for k, v in next(pipeline.eval_iterator(config)).items()
+                if k != 'video_name'}
+  assert layout(evaluation) == {k: (v.shape, np.dtype(v.dtype)) for k, v in eval_shapes.items()}

@@ -334,3 +334,23 @@ def test_overlapping_masks_are_an_error(tmp_path):
   config = ytvis_config(tmp_path / 'tfds', tmp_path / 'raw', num_heldout=1)
   with pytest.raises(ValueError, match=r"video 'overlap_v': 2 instance masks overlap"):
     list(pipeline.eval_iterator(config))
+
+
+def test_batch_shapes_bound_the_raw_batches(fake):
+  """tools/aot.py compiles for pipeline.batch_shapes: the training batch exactly, and the
+  evaluation batch of the longest video (80 frames), which every real batch's T_pad fits."""
+  config, _, _ = fake
+  config = config.copy_and_resolve_references()
+  config.data.preprocess_on_device = True
+  train_shapes, eval_shapes = pipeline.batch_shapes(config)
+  batch = next(pipeline.train_iterator(config))
+  assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
+      k: (s.shape, np.dtype(s.dtype)) for k, s in train_shapes.items()}
+  assert eval_shapes['frames'].shape[1] == 80
+  for batch in pipeline.eval_iterator(config):
+    for key, value in batch.items():
+      if key in eval_shapes:
+        shape = eval_shapes[key].shape
+        assert value.dtype == eval_shapes[key].dtype, key
+        assert value.shape[0] == shape[0] and value.shape[2:] == shape[2:], key
+        assert value.ndim < 2 or value.shape[1] <= shape[1], key

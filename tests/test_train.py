@@ -105,6 +105,28 @@ def test_eight_devices_give_the_one_device_losses():
       np.testing.assert_allclose(a[key], b[key], rtol=2e-5, atol=1e-6, err_msg=key)
 
 
+def test_fsdp_all_params_splits_every_matrix_and_keeps_the_losses():
+  config = tiny_config()
+  config.data.batch_size = 8
+  config.loss.contrast_group_size = 4
+  batches = _fake_batches(config, 2, seed=2)
+  _, replicated, _ = _run_steps(config, parallel.create_mesh(), batches)
+  config.mesh.fsdp, config.mesh.fsdp_all_params = 4, True
+  state, split, _ = _run_steps(config, parallel.create_mesh(fsdp=4), batches)
+  for a, b in zip(replicated, split):
+    for key in ('loss_total', 'grad_norm'):
+      np.testing.assert_allclose(a[key], b[key], rtol=2e-5, atol=1e-6, err_msg=key)
+  leaves = jax.tree_util.tree_flatten_with_path(state.params)[0]
+  leaves += jax.tree_util.tree_flatten_with_path(state.opt_state)[0]
+  for path, leaf in leaves:
+    spec = leaf.sharding.spec
+    if leaf.ndim >= 2 and any(d % 4 == 0 for d in leaf.shape):
+      assert 'fsdp' in spec, (jax.tree_util.keystr(path), leaf.shape, spec)
+      assert leaf.shape[list(spec).index('fsdp')] == max(d for d in leaf.shape if d % 4 == 0)
+    else:
+      assert 'fsdp' not in spec, jax.tree_util.keystr(path)
+
+
 @pytest.mark.parametrize('variant', ['slotcontrast', 'ssync', 'slotcurri_ssync'])
 def test_variants_train_one_step(variant):
   config = tiny_config(variant)
