@@ -5,10 +5,11 @@ bytes of its collectives.
 docs/scaling.md and the benchmarks). `stats` reads what a compiler made of it. XLA's `cost_analysis()` counts the body of a while loop once, and every `lax.scan` of the
 rollout becomes one, so its FLOPs undercount a step by the scans' trip counts. `stats`
 walks the compiled module's call graph instead: each computation's dots and convolutions
-(2 FLOPs per multiply-add; the TPU compiler writes most matmuls as convolutions), times
-the trip count of every while loop around it (read from the loop's condition: a counter
-compared with a constant, as `lax.scan` and `fori_loop` lower), the larger branch of a
-conditional. Collectives are counted the same way, by the bytes each device contributes
+(2 FLOPs per multiply-add; the TPU compiler writes most matmuls as convolutions; the GPU
+compiler, cuBLAS GEMM and cuDNN convolution custom-calls), times the trip count of every
+while loop around it (the compiler's `known_trip_count`, else read from the loop's
+condition: a counter compared with a constant, as `lax.scan` and `fori_loop` lower), the
+larger branch of a conditional. Collectives are counted the same way, by the bytes each device contributes
 (the operands of all-reduce, all-gather, reduce-scatter, all-to-all, collective-permute).
 
 The module is the per-device (SPMD-partitioned) program, so every number is per device.
@@ -33,6 +34,8 @@ _CALLEE = re.compile(r'\b(calls|to_apply|body|condition|true_computation|false_c
                      r'%?([\w.\-]+)')
 _BRANCHES = re.compile(r'branch_computations=\{([^}]*)\}')
 _CONSTANT = re.compile(r'^\s*%?([\w.\-]+) = [su]\d+\[\]\S* constant\((-?\d+)\)')
+_KNOWN_TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+_TARGET = re.compile(r'custom_call_target="([^"]+)"')
 
 
 # --------------------------------------------------------------------------- jaxpr
@@ -148,19 +151,21 @@ def _operand_types(call: str, types: dict[str, str]) -> str:
   return ' '.join(types.get(n, '') for n in re.findall(r'%([\w.\-]+)', operands))
 
 
-def _matmul_flops(out_type: str, opcode: str, call: str, types: dict[str, str]) -> float:
-  out = _arrays(out_type)
-  operands = [_arrays(types.get(n, ''))[:1] or [('', [])]
-              for n in re.findall(r'%([\w.\-]+)', _operands(call))]
-  operands = [o[0] for o in operands] if not _ARRAY.search(_operands(call)) else _arrays(_operands(call))
-  if not out or len(operands) < 2:
-    return 0.0
-  out_elems = math.prod(out[0][1])
-  if opcode == 'dot':
-    lhs = operands[0][1]
-    return 2.0 * out_elems * math.prod(lhs[d] for d in _dims_attr(call, 'lhs_contracting_dims'))
-  # convolution: every output element sums over the kernel's window x input features.
-  rhs = operands[1][1]
+def _operand_arrays(call: str, types: dict[str, str]) -> list[tuple[str, list[int]]]:
+  """The first array of each operand: printed inline by some backends, by name otherwise."""
+  operands = _operands(call)
+  if _ARRAY.search(operands):
+    return _arrays(operands)
+  return [(_arrays(types.get(n, '')) or [('', [])])[0] for n in re.findall(r'%([\w.\-]+)', operands)]
+
+
+def _dot_flops(out: list[int], lhs: list[int], contracting: list[int]) -> float:
+  return 2.0 * math.prod(out) * math.prod(lhs[d] for d in contracting)
+
+
+def _conv_flops(out: list[int], rhs: list[int], call: str) -> float:
+  """A convolution's FLOPs from its output and kernel shapes: every output element sums
+  over the kernel's window x input features."""
   labels = re.search(r'dim_labels=\w+_(\w+)->', call)
   o = labels.group(1).index('o') if labels else len(rhs) - 1
   macs = math.prod(rhs) / max(rhs[o], 1)
@@ -170,7 +175,40 @@ def _matmul_flops(out_type: str, opcode: str, call: str, types: dict[str, str]) 
   if size and dilate:
     for s, d in zip(size.group(1).split('x'), dilate.group(1).split('x')):
       macs *= math.ceil(int(s) / int(d)) / int(s)
-  return 2.0 * out_elems * macs
+  return 2.0 * math.prod(out) * macs
+
+
+def _matmul_flops(out_type: str, opcode: str, call: str, types: dict[str, str]) -> float:
+  out = _arrays(out_type)
+  operands = _operand_arrays(call, types)
+  if not out or len(operands) < 2:
+    return 0.0
+  if opcode == 'dot':
+    return _dot_flops(out[0][1], operands[0][1], _dims_attr(call, 'lhs_contracting_dims'))
+  return _conv_flops(out[0][1], operands[1][1], call)
+
+
+def _library_call_flops(out_type: str, call: str, types: dict[str, str]) -> float:
+  """FLOPs of the GPU compiler's library calls: a cuBLAS GEMM (its dot's dimension numbers
+  in the backend config), a cuDNN convolution (window and dim_labels of the forward
+  convolution; the backward passes take that convolution's FLOPs, their shapes swapped:
+  input gradient = (output gradient, kernel), kernel gradient = (input, output gradient)).
+  Outputs are (result, workspace) tuples: the result is the first array."""
+  target = _TARGET.search(call)
+  out, operands = _arrays(out_type), _operand_arrays(call, types)
+  if not target or not out or len(operands) < 2:
+    return 0.0
+  target = target.group(1)
+  if target.startswith('__cublas'):
+    dims = re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]', call)
+    contracting = [int(d) for d in re.findall(r'\d+', dims.group(1))] if dims else []
+    return _dot_flops(out[0][1], operands[0][1], contracting)
+  if target.startswith('__cudnn$conv'):
+    forward_out, kernel = {'__cudnn$convBackwardInput': (operands[0][1], operands[1][1]),
+                           '__cudnn$convBackwardFilter': (operands[1][1], out[0][1])}.get(
+                               target, (out[0][1], operands[1][1]))
+    return _conv_flops(forward_out, kernel, call)
+  return 0.0
 
 
 def _parse(text: str) -> tuple[dict[str, list[str]], str]:
@@ -221,13 +259,16 @@ def stats(text: str) -> Stats:
       opcode = call.partition('(')[0]
       if opcode in ('dot', 'convolution'):
         flops += _matmul_flops(out_type, opcode, call, types)
+      elif opcode == 'custom-call':
+        flops += _library_call_flops(out_type, call, types)
       kind = opcode.removesuffix('-start')
       if kind in COLLECTIVES:
         coll[kind] += _nbytes(_operand_types(call, types))
       callees = dict((k, v) for k, v in _CALLEE.findall(call))
       branches = _BRANCHES.search(call)
       if opcode == 'while':
-        n = _trip_count(comps, callees['condition'])
+        known = _KNOWN_TRIPS.search(call)
+        n = int(known.group(1)) if known else _trip_count(comps, callees['condition'])
         loops.append((callees['body'], n))
         f, c = visit(callees['body'])
         scale = 1 if n is None else n
