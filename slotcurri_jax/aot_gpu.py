@@ -78,7 +78,8 @@ def check_count(name: str, count: int) -> str:
   if count > 0 and count % GPUS_PER_HOST == 0:
     return f'1x{count // GPUS_PER_HOST}x{GPUS_PER_HOST}'
   raise ValueError(f'unknown GPU topology {name!r}: h100-N names N H100 GPUs, 1 to '
-                   f'{GPUS_PER_HOST} on one host or hosts of {GPUS_PER_HOST} (h100-16, h100-32, ...)')
+                   f'{GPUS_PER_HOST} on one host or hosts of {GPUS_PER_HOST} (h100-16, '
+                   'h100-32, ...)')
 
 
 def compile_only_devices(name: str, count: int, memory_bytes: int) -> tuple[str, list]:

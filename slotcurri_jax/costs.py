@@ -156,7 +156,8 @@ def _operand_arrays(call: str, types: dict[str, str]) -> list[tuple[str, list[in
   operands = _operands(call)
   if _ARRAY.search(operands):
     return _arrays(operands)
-  return [(_arrays(types.get(n, '')) or [('', [])])[0] for n in re.findall(r'%([\w.\-]+)', operands)]
+  names = re.findall(r'%([\w.\-]+)', operands)
+  return [(_arrays(types.get(n, '')) or [('', [])])[0] for n in names]
 
 
 def _dot_flops(out: list[int], lhs: list[int], contracting: list[int]) -> float:
