@@ -59,6 +59,12 @@ CHIPS = {
     'v5p': Chip(95 * GiB, 459e12, True, True, 'https://cloud.google.com/tpu/docs/v5p'),
     'v6e': Chip(32 * GiB, 918e12, False, False, 'https://cloud.google.com/tpu/docs/v6e'),
 }
+# NVIDIA GPUs, compiled by jax's CUDA plugin (aot_gpu.py): 'h100-N' is N GPUs. H100 SXM:
+# 80 GB HBM3, 989 TFLOP/s dense bf16 (the data sheet's 1,979 is with sparsity).
+GPU_CHIPS = {
+    'h100': Chip(80 * 10 ** 9, 989e12, False, False,
+                 'https://www.nvidia.com/en-us/data-center/h100/ (data sheet, H100 SXM)'),
+}
 # Chip grids of the slices Cloud offers (the docs' topology tables), by chip count.
 _GRID_2D = {1: '1x1', 4: '2x2', 8: '2x4', 16: '4x4', 32: '4x8', 64: '8x8', 128: '8x16',
             256: '16x16'}
@@ -72,18 +78,20 @@ def topology_names() -> list[str]:
   for kind, chip in CHIPS.items():
     grid = _GRID_3D if chip.torus_3d else _GRID_2D
     names += [f'{kind}-{n * 2 if chip.named_by_cores else n}' for n in grid]
-  return names
+  return names + [f'{kind}-{n}' for kind in GPU_CHIPS for n in (1, 2, 4, 8, 16, 32, 64, 128)]
 
 
 @dataclasses.dataclass(frozen=True)
 class Topology:
   """A TPU slice: its name ('v5p-8'), chip, chip grid, and compile-only devices (one per
-  chip: the v4 and v5p megacore, as jax sees them on the hardware)."""
+  chip: the v4 and v5p megacore, as jax sees them on the hardware); or GPUs ('h100-8',
+  grid '1x1x8': slices x hosts x GPUs per host) with the options their compile needs."""
   name: str
   kind: str
   grid: str
   devices: tuple
   chip: Chip
+  compiler_options: dict = dataclasses.field(default_factory=dict, hash=False)
 
   @property
   def processes(self) -> int:
@@ -92,9 +100,16 @@ class Topology:
 
 def topology(name: str) -> Topology:
   """'v5p-8' (Cloud's accelerator type; 'v5litepod-8' is 'v5e-8') -> the slice's
-  compile-only devices.
+  compile-only devices; 'h100-8' -> 8 compile-only H100s (aot_gpu.py, jax's CUDA plugin).
 
   Raises ValueError naming the accepted names for anything else."""
+  gpu = re.fullmatch(r'(h100)-(\d+)', name.strip().lower())
+  if gpu:
+    from slotcurri_jax import aot_gpu  # pylint: disable=g-import-not-at-top
+    kind, count = gpu.group(1), int(gpu.group(2))
+    grid, devices = aot_gpu.compile_only_devices(name, count, GPU_CHIPS[kind].hbm_bytes)
+    return Topology(name=f'{kind}-{count}', kind=kind, grid=grid, devices=tuple(devices),
+                    chip=GPU_CHIPS[kind], compiler_options=dict(aot_gpu.COMPILER_OPTIONS))
   m = re.fullmatch(r'(v4|v5e|v5litepod|v5p|v6e)-(\d+)', name.strip().lower())
   grid = None
   if m:
@@ -106,8 +121,8 @@ def topology(name: str) -> Topology:
   if grid is None:
     raise ValueError(
         f'unknown TPU topology {name!r}; use a Cloud accelerator type: v4-N and v5p-N name '
-        f'N TensorCores (N/2 chips), v5e-N (v5litepod-N) and v6e-N name N chips; one of '
-        f'{", ".join(topology_names())}')
+        f'N TensorCores (N/2 chips), v5e-N (v5litepod-N) and v6e-N name N chips (or h100-N, '
+        f'N NVIDIA H100 GPUs); one of {", ".join(topology_names())}')
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   # libtpu takes a lock file for the chips of this host; compiling touches no chip, so
   # several compiling processes (and one training beside them) may load it at once.
@@ -251,7 +266,8 @@ class Program:
     fn, args = self._lowerable(step)
     start = time.perf_counter()
     with _quiet_stderr():
-      compiled = (lowered or fn.lower(*args)).compile()
+      compiled = (lowered or fn.lower(*args)).compile(
+          compiler_options=self.topo.compiler_options or None)
     seconds = time.perf_counter() - start
     stats = costs.stats(compiled.as_text())
     traced = fn.predict if step == 'eval' else train.make_train_step(

@@ -5,10 +5,11 @@ bytes of its collectives.
 docs/scaling.md and the benchmarks). `stats` reads what a compiler made of it. XLA's `cost_analysis()` counts the body of a while loop once, and every `lax.scan` of the
 rollout becomes one, so its FLOPs undercount a step by the scans' trip counts. `stats`
 walks the compiled module's call graph instead: each computation's dots and convolutions
-(2 FLOPs per multiply-add; the TPU compiler writes most matmuls as convolutions), times
-the trip count of every while loop around it (read from the loop's condition: a counter
-compared with a constant, as `lax.scan` and `fori_loop` lower), the larger branch of a
-conditional. Collectives are counted the same way, by the bytes each device contributes
+(2 FLOPs per multiply-add; the TPU compiler writes most matmuls as convolutions; the GPU
+compiler, cuBLAS GEMM and cuDNN convolution custom-calls), times the trip count of every
+while loop around it (the compiler's `known_trip_count`, else read from the loop's
+condition: a counter compared with a constant, as `lax.scan` and `fori_loop` lower), the
+larger branch of a conditional. Collectives are counted the same way, by the bytes each device contributes
 (the operands of all-reduce, all-gather, reduce-scatter, all-to-all, collective-permute).
 
 The module is the per-device (SPMD-partitioned) program, so every number is per device.
@@ -35,6 +36,8 @@ _CALLEE = re.compile(r'\b(calls|to_apply|body|condition|true_computation|false_c
                      r'%?([\w.\-]+)')
 _BRANCHES = re.compile(r'branch_computations=\{([^}]*)\}')
 _CONSTANT = re.compile(r'^\s*%?([\w.\-]+) = [su]\d+\[\]\S* constant\((-?\d+)\)')
+_KNOWN_TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+_TARGET = re.compile(r'custom_call_target="([^"]+)"')
 
 
 # --------------------------------------------------------------------------- jaxpr
@@ -122,8 +125,8 @@ def _arrays(text: str) -> list[tuple[str, list[int]]]:
           if t in _BYTES]
 
 
-def _nbytes(text: str) -> float:
-  return sum(_BYTES[t] * math.prod(dims) for t, dims in _arrays(text))
+def _nbytes(arrays: list[tuple[str, list[int]]]) -> float:
+  return sum(_BYTES[t] * math.prod(dims) for t, dims in arrays)
 
 
 def _operands(call: str) -> str:
@@ -142,24 +145,17 @@ def _dims_attr(call: str, name: str) -> list[int]:
   return [int(d) for d in m.group(1).split(',') if d] if m else []
 
 
-def _operand_types(call: str, types: dict[str, str]) -> str:
-  """The operands' types: printed inline by some backends, looked up by name otherwise."""
+def _operand_arrays(call: str, types: dict[str, str]) -> list[tuple[str, list[int]]]:
+  """The first array of each operand: printed inline by some backends, by name otherwise."""
   operands = _operands(call)
   if _ARRAY.search(operands):
-    return operands
-  return ' '.join(types.get(n, '') for n in re.findall(r'%([\w.\-]+)', operands))
+    return _arrays(operands)
+  names = re.findall(r'%([\w.\-]+)', operands)
+  return [(_arrays(types.get(n, '')) or [('', [])])[0] for n in names]
 
 
-def _matmul_flops(out_type: str, opcode: str, call: str, types: dict[str, str]) -> float:
-  out = _arrays(out_type)
-  operands = _arrays(_operand_types(call, types))
-  if not out or len(operands) < 2:
-    return 0.0
-  out_elems = math.prod(out[0][1])
-  if opcode == 'dot':
-    lhs = operands[0][1]
-    return 2.0 * out_elems * math.prod(lhs[d] for d in _dims_attr(call, 'lhs_contracting_dims'))
-  return 2.0 * _conv_macs(out[0][1], operands[0][1], operands[1][1], call)
+def _dot_flops(out: list[int], lhs: list[int], contracting: list[int]) -> float:
+  return 2.0 * math.prod(out) * math.prod(lhs[d] for d in contracting)
 
 
 def _window(call: str, key: str, rank: int, default: int) -> list[list[int]]:
@@ -170,9 +166,9 @@ def _window(call: str, key: str, rank: int, default: int) -> list[list[int]]:
   return [[int(v) for v in part.split('_')] for part in m.group(1).split('x')]
 
 
-def _conv_macs(out: list[int], lhs: list[int], rhs: list[int], call: str) -> float:
-  """Multiply-adds of a convolution: per spatial dimension, the (output, kernel tap) pairs
-  that land on a real input element, not on padding or the holes of a dilated input (the
+def _conv_flops(out: list[int], lhs: list[int], rhs: list[int], call: str) -> float:
+  """FLOPs of a convolution, 2 per multiply-add: per spatial dimension, the (output, kernel
+  tap) pairs that land on a real input element, not on padding or the holes of a dilated input (the
   TPU compiler writes batched matmuls as convolutions whose batch dimensions are spatial
   ones, padded so that one tap in a window lands), times the kernel's input features and
   the output's batch x feature elements."""
@@ -181,8 +177,7 @@ def _conv_macs(out: list[int], lhs: list[int], rhs: list[int], call: str) -> flo
     return 0.0
   lhs_l, rhs_l, out_l = labels.groups()
   rank = sum(ch.isdigit() for ch in out_l)
-  sizes, strides = _window(call, 'size', rank, 1), _window(call, 'stride', rank, 1)
-  pads = _window(call, 'pad', rank, 0)
+  strides, pads = _window(call, 'stride', rank, 1), _window(call, 'pad', rank, 0)
   lhs_dil, rhs_dil = _window(call, 'lhs_dilate', rank, 1), _window(call, 'rhs_dilate', rank, 1)
   macs = math.prod(out) * rhs[rhs_l.index('i')]
   for d in range(rank):
@@ -192,7 +187,41 @@ def _conv_macs(out: list[int], lhs: list[int], rhs: list[int], call: str) -> flo
             - pads[d][0])
     real = (taps >= 0) & (taps <= (n - 1) * lhs_dil[d][0]) & (taps % lhs_dil[d][0] == 0)
     macs *= real.sum() / m  # the output's spatial size is in math.prod(out)
-  return float(macs)
+  return 2.0 * float(macs)
+
+
+def _matmul_flops(out_type: str, opcode: str, call: str, types: dict[str, str]) -> float:
+  out = _arrays(out_type)
+  operands = _operand_arrays(call, types)
+  if not out or len(operands) < 2:
+    return 0.0
+  if opcode == 'dot':
+    return _dot_flops(out[0][1], operands[0][1], _dims_attr(call, 'lhs_contracting_dims'))
+  return _conv_flops(out[0][1], operands[0][1], operands[1][1], call)
+
+
+def _library_call_flops(out_type: str, call: str, types: dict[str, str]) -> float:
+  """FLOPs of the GPU compiler's library calls: a cuBLAS GEMM (its dot's dimension numbers
+  in the backend config), a cuDNN convolution (window and dim_labels of the forward
+  convolution; the backward passes take that convolution's FLOPs, their shapes swapped:
+  input gradient = (output gradient, kernel), kernel gradient = (input, output gradient)).
+  Outputs are (result, workspace) tuples: the result is the first array."""
+  target = _TARGET.search(call)
+  out, operands = _arrays(out_type), _operand_arrays(call, types)
+  if not target or not out or len(operands) < 2:
+    return 0.0
+  target = target.group(1)
+  if target.startswith('__cublas'):
+    dims = re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]', call)
+    contracting = [int(d) for d in re.findall(r'\d+', dims.group(1))] if dims else []
+    return _dot_flops(out[0][1], operands[0][1], contracting)
+  if target.startswith('__cudnn$conv'):
+    # (forward output, forward input, kernel) of the convolution each pass belongs to.
+    forward = {'__cudnn$convBackwardInput': (operands[0][1], out[0][1], operands[1][1]),
+               '__cudnn$convBackwardFilter': (operands[1][1], operands[0][1], out[0][1])}.get(
+                   target, (out[0][1], operands[0][1], operands[1][1]))
+    return _conv_flops(*forward, call)
+  return 0.0
 
 
 def _parse(text: str) -> tuple[dict[str, list[str]], str]:
@@ -243,13 +272,16 @@ def stats(text: str) -> Stats:
       opcode = call.partition('(')[0]
       if opcode in ('dot', 'convolution'):
         flops += _matmul_flops(out_type, opcode, call, types)
+      elif opcode == 'custom-call':
+        flops += _library_call_flops(out_type, call, types)
       kind = opcode.removesuffix('-start')
       if kind in COLLECTIVES:
-        coll[kind] += _nbytes(_operand_types(call, types))
+        coll[kind] += _nbytes(_operand_arrays(call, types))
       callees = dict((k, v) for k, v in _CALLEE.findall(call))
       branches = _BRANCHES.search(call)
       if opcode == 'while':
-        n = _trip_count(comps, callees['condition'])
+        known = _KNOWN_TRIPS.search(call)
+        n = int(known.group(1)) if known else _trip_count(comps, callees['condition'])
         loops.append((callees['body'], n))
         f, c = visit(callees['body'])
         scale = 1 if n is None else n

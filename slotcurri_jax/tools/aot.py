@@ -4,11 +4,15 @@ r"""Compile a config's train and eval steps for a TPU slice, on any machine, and
   python -m slotcurri_jax.tools.aot --config=configs/ytvis.py:ssync --topology=v5e-8 --json
   python -m slotcurri_jax.tools.aot --config=configs/movi_e.py --topology=v5e-64 \
       --config.data.eval_batch_size=64 --config.model.decoder.remat=True
+  python -m slotcurri_jax.tools.aot --config=configs/movi_c.py --topology=h100-8
 
 Needs libtpu (`pip install -e ".[aot]"`, or `pip install "jax[tpu]==0.10.2"`); no TPU:
 XLA's TPU compiler runs on this machine's CPU, for compile-only devices of the slice.
 Topologies are Cloud's accelerator types: v4-N and v5p-N name N TensorCores (N/2 chips),
 v5e-N (v5litepod-N) and v6e-N name N chips; `--topology=list` prints them.
+h100-N: N NVIDIA H100 SXM 80 GB GPUs (up to 8 on one host, else hosts of 8), compiled by
+jax's CUDA plugin (`pip install "jax[cuda12]==0.10.2"`, about 5 GB; no GPU or driver needed;
+slotcurri_jax/aot_gpu.py); without the plugin, one `error:` line says so.
 
 For each step that training runs (the train step, one per curriculum stage with
 train.active_slots_only, and the evaluation step) it prints per-device HBM against the
@@ -41,7 +45,8 @@ from slotcurri_jax import cli  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:variant]).',
                                           lock_config=True)
-_TOPOLOGY = flags.DEFINE_string('topology', None, "TPU slice, e.g. v5e-8, v5p-128 ('list').")
+_TOPOLOGY = flags.DEFINE_string('topology', None, "TPU slice, e.g. v5e-8, v5p-128, or GPUs, "
+                                'h100-8 (\'list\').')
 _JSON = flags.DEFINE_bool('json', False, 'One JSON object per step on stdout.')
 _PLAN = flags.DEFINE_bool('plan', True, 'When a step does not fit, compile the memory '
                           'options and name the cheapest that fits.')
@@ -71,9 +76,10 @@ def _print_table(config_name: str, program, reports: list) -> None:
     print(f'    memory: arguments {_gib(m["arguments"])} + outputs {_gib(m["outputs"])} - '
           f'aliased {_gib(m["aliased"])} + temporaries {_gib(m["temporaries"])} + code '
           f'{_gib(m["generated_code"])}' + (f' + {extra}' if extra else ''))
+    xla = (f'; XLA cost analysis, loop bodies once, {r.xla_cost_analysis_flops / 1e12:.3f}'
+           if r.xla_cost_analysis_flops else '')  # the GPU compiler gives none
     print(f'    {r.flops_per_device / 1e12:.3f} TFLOP per device and step (compiled, loops x '
-          f'trip counts; traced step {r.counted_flops_per_device / 1e12:.3f}; XLA cost analysis, '
-          f'loop bodies once, {r.xla_cost_analysis_flops / 1e12:.3f}) -> at least '
+          f'trip counts; traced step {r.counted_flops_per_device / 1e12:.3f}{xla}) -> at least '
           f'{1e3 * r.lower_bound_step_seconds:.1f} ms per step at the bf16 peak')
     print(f'    collectives {coll / 1e6:.2f} MB per device and step '
           f'({", ".join(f"{k} {v / 1e6:.2f}" for k, v in r.collective_bytes_per_device.items()) or "none"}); '
