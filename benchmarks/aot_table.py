@@ -43,6 +43,9 @@ import measure  # noqa: E402  (benchmarks/measure.py)
 DATASETS = ('movi_c', 'movi_e', 'ytvis')
 METHODS = ('slotcurri', 'ssync', 'slotcontrast', 'slotcurri_ssync')  # the order they are run
 TOPOLOGIES = ('v5e-8', 'v5p-8', 'v4-8', 'v5p-128')
+# Rows of the table in this order; h100-8 needs jax's CUDA plugin (slotcurri_jax/aot_gpu.py),
+# so it runs in its own environment: --topologies=h100-8.
+TABLE_ORDER = TOPOLOGIES + ('h100-8',)
 BEGIN, END = '<!-- aot-table:begin -->', '<!-- aot-table:end -->'
 
 
@@ -175,12 +178,12 @@ def run_slices(names: list[str], only: str, out_dir: pathlib.Path, doc: pathlib.
 
 
 def all_results(out_dir: pathlib.Path) -> list[dict]:
-  """Every saved row, in the order of TOPOLOGIES, DATASETS and METHODS."""
-  rows = [r for t in TOPOLOGIES if result_path(out_dir, t).exists()
+  """Every saved row, in the order of TABLE_ORDER and DATASETS, SlotContrast first."""
+  rows = [r for t in TABLE_ORDER if result_path(out_dir, t).exists()
           for r in json.loads(result_path(out_dir, t).read_text())['results']]
   order = [f'configs/{d}.py:{m}' for d in DATASETS
            for m in ('slotcontrast', 'slotcurri', 'ssync', 'slotcurri_ssync')]
-  return sorted(rows, key=lambda r: (TOPOLOGIES.index(r['topology']), order.index(r['config'])))
+  return sorted(rows, key=lambda r: (TABLE_ORDER.index(r['topology']), order.index(r['config'])))
 
 
 def main() -> None:

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import math
 import os
 import re
 import time
+import warnings
 from typing import Any, Callable, Iterator
 
 import jax
@@ -165,10 +167,10 @@ class StepReport:
   memory: dict  # bytes per device by kind (compiler's memory analysis + resident)
   hbm_bytes_per_device: int
   hbm_capacity_bytes: int
-  flops_per_device: float  # compiled HLO, loops x trip counts
+  flops_per_device: float | None  # compiled HLO, loops x trip counts (None: did not compile)
   counted_flops_per_device: float  # the traced jaxpr's count / devices
-  xla_cost_analysis_flops: float  # XLA's own count (loop bodies once)
-  lower_bound_step_seconds: float  # flops_per_device at the chip's bf16 peak
+  xla_cost_analysis_flops: float | None  # XLA's own count (loop bodies once)
+  lower_bound_step_seconds: float | None  # flops_per_device at the chip's bf16 peak
   collective_bytes_per_device: dict
   unknown_trip_counts: int
   compile_seconds: float
@@ -262,34 +264,49 @@ class Program:
 
   def compile(self, step: str, options: dict | None = None,
               lowered: jax.stages.Lowered | None = None) -> StepReport:
-    """Compile `step` for the topology and report what it needs per device."""
+    """Compile `step` for the topology and report what it needs per device. A step whose
+    temporaries alone exceed the chip's HBM does not compile (the TPU compiler says so): its
+    report takes the compiler's figure, with the arguments, and no compiled FLOPs."""
     fn, args = self._lowerable(step)
-    start = time.perf_counter()
-    with _quiet_stderr():
-      compiled = (lowered or fn.lower(*args)).compile(
-          compiler_options=self.topo.compiler_options or None)
-    seconds = time.perf_counter() - start
-    stats = costs.stats(compiled.as_text())
     traced = fn.predict if step == 'eval' else train.make_train_step(
         self.run, *([int(re.search(r'K=(\d+)', step).group(1))] if 'K=' in step else []))
     counted, _ = costs.jaxpr_flops(jax.make_jaxpr(traced)(*args).jaxpr)
+    devices = len(self.topo.devices)
+    batch = self.config.data.eval_batch_size if step == 'eval' else self.config.data.batch_size
+    report = functools.partial(
+        StepReport, topology=self.topo.name, devices=devices, processes=self.topo.processes,
+        step=step, per_device_batch=batch // devices, hbm_capacity_bytes=self.topo.chip.hbm_bytes,
+        counted_flops_per_device=counted / devices, options=dict(options or {}))
+    start = time.perf_counter()
+    try:
+      with _quiet_stderr(), warnings.catch_warnings():
+        # A persistent compilation cache (the tests') stores compile-only executables but
+        # cannot load them without a device client; the compile goes on without it.
+        warnings.filterwarnings('ignore', message='Error reading persistent compilation cache')
+        compiled = (lowered or fn.lower(*args)).compile(
+            compiler_options=self.topo.compiler_options or None)
+    except jax.errors.JaxRuntimeError as e:
+      needed = _out_of_memory(str(e))
+      if needed is None:
+        raise
+      memory = {'arguments': _bytes_per_device(args), 'temporaries': needed}
+      return report(memory=memory, hbm_bytes_per_device=sum(memory.values()),
+                    flops_per_device=None, xla_cost_analysis_flops=None,
+                    lower_bound_step_seconds=None, collective_bytes_per_device={},
+                    unknown_trip_counts=0, compile_seconds=time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    stats = costs.stats(compiled.as_text())
     xla = compiled.cost_analysis()
     xla = xla[0] if isinstance(xla, (list, tuple)) else (xla or {})
-    devices = len(self.topo.devices)
     memory = self._memory(step, compiled.memory_analysis())
-    batch = self.config.data.eval_batch_size if step == 'eval' else self.config.data.batch_size
-    return StepReport(
-        topology=self.topo.name, devices=devices, processes=self.topo.processes, step=step,
-        per_device_batch=batch // devices, memory=memory,
+    return report(
+        memory=memory,
         hbm_bytes_per_device=sum(v for k, v in memory.items() if k != 'aliased') -
-        memory['aliased'],
-        hbm_capacity_bytes=self.topo.chip.hbm_bytes, flops_per_device=stats.flops,
-        counted_flops_per_device=counted / devices,
+        memory['aliased'], flops_per_device=stats.flops,
         xla_cost_analysis_flops=float(xla.get('flops', 0.0)),
         lower_bound_step_seconds=stats.flops / self.topo.chip.peak_bf16_flops,
         collective_bytes_per_device=stats.collective_bytes,
-        unknown_trip_counts=stats.unknown_trip_counts, compile_seconds=seconds,
-        options=dict(options or {}))
+        unknown_trip_counts=stats.unknown_trip_counts, compile_seconds=seconds)
 
   def _memory(self, step: str, analysis) -> dict:
     """Bytes per device: the compiler's arguments, outputs, aliased (outputs written into
@@ -307,6 +324,16 @@ class Program:
     else:
       out['prefetched_batches'] = self.config.data.prefetch * _bytes_per_device(self.train_batch)
     return out
+
+
+_UNITS = {'': 1, 'K': 2 ** 10, 'M': 2 ** 20, 'G': 2 ** 30, 'T': 2 ** 40}
+
+
+def _out_of_memory(message: str) -> int | None:
+  """Bytes of temporaries in the TPU compiler's 'RESOURCE_EXHAUSTED: ... HLO temporaries
+  (123.77G) exceeds available HBM (15.75G)', else None."""
+  m = re.search(r'RESOURCE_EXHAUSTED.*?temporaries \(([\d.]+)([KMGT]?)\)', message, re.S)
+  return int(float(m.group(1)) * _UNITS[m.group(2)]) if m else None
 
 
 # --------------------------------------------------------------------------- what fits
@@ -374,7 +401,7 @@ def plan_fit(config, topo: Topology, step: str,
   devices = len(topo.devices)
   per_device = report.per_device_batch
   # Memory grows about linearly with the batch: start from that estimate, then halve.
-  fixed = report.memory['arguments'] - report.memory['aliased']
+  fixed = report.memory.get('arguments', 0) - report.memory.get('aliased', 0)
   estimate = int(per_device * (report.hbm_capacity_bytes - fixed) /
                  max(report.hbm_bytes_per_device - fixed, 1))
   candidate = min(max(estimate, 1), per_device - 1)

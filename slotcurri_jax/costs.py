@@ -168,10 +168,10 @@ def _window(call: str, key: str, rank: int, default: int) -> list[list[int]]:
 
 def _conv_flops(out: list[int], lhs: list[int], rhs: list[int], call: str) -> float:
   """FLOPs of a convolution, 2 per multiply-add: per spatial dimension, the (output, kernel
-  tap) pairs that land on a real input element, not on padding or the holes of a dilated input (the
-  TPU compiler writes batched matmuls as convolutions whose batch dimensions are spatial
-  ones, padded so that one tap in a window lands), times the kernel's input features and
-  the output's batch x feature elements."""
+  tap) pairs that land on a real input element, not on padding or the holes of a dilated
+  input (the TPU compiler writes batched matmuls as convolutions whose batch dimensions are
+  spatial ones, padded so that one tap in a window lands), times the kernel's input
+  features and the output's batch x feature elements."""
   labels = re.search(r'dim_labels=(\w+)_(\w+)->(\w+)', call)
   if not labels:
     return 0.0

@@ -73,6 +73,11 @@ def _print_table(config_name: str, program, reports: list) -> None:
           f'{_gib(r.hbm_bytes_per_device)} of {_gib(r.hbm_capacity_bytes)} HBM per device '
           f'({100 * r.hbm_bytes_per_device / r.hbm_capacity_bytes:.0f} %): '
           f'{"fits" if r.fits else "DOES NOT FIT"}')
+    if r.flops_per_device is None:  # the compiler ran out of HBM: no program to read
+      print(f'    memory: arguments {_gib(m["arguments"])} + temporaries {_gib(m["temporaries"])} '
+            f'(the compiler stopped: its temporaries alone exceed the HBM); traced step '
+            f'{r.counted_flops_per_device / 1e12:.3f} TFLOP per device')
+      continue
     print(f'    memory: arguments {_gib(m["arguments"])} + outputs {_gib(m["outputs"])} - '
           f'aliased {_gib(m["aliased"])} + temporaries {_gib(m["temporaries"])} + code '
           f'{_gib(m["generated_code"])}' + (f' + {extra}' if extra else ''))
@@ -94,8 +99,9 @@ def _flags_for(overrides: dict) -> str:
 
 def _no_fit_line(report, plan) -> str:
   """One line: what the step needs, what the chip has, what makes it fit."""
-  head = (f'the {report.step} step needs {_gib(report.hbm_bytes_per_device)} per device on '
-          f'{report.topology} ({_gib(report.hbm_capacity_bytes)} HBM per chip)')
+  at_least = 'at least ' if report.flops_per_device is None else ''  # the compile stopped
+  head = (f'the {report.step} step needs {at_least}{_gib(report.hbm_bytes_per_device)} per '
+          f'device on {report.topology} ({_gib(report.hbm_capacity_bytes)} HBM per chip)')
   if plan is None:
     return (head + '; options that save memory: --config.model.decoder.remat=True, '
             '--config.mesh.fsdp=N --config.mesh.fsdp_all_params=True, bfloat16 '
@@ -105,9 +111,12 @@ def _no_fit_line(report, plan) -> str:
     names, best = plan.best
     others = [f'{"+".join(n)} ({_gib(r.hbm_bytes_per_device)})' for n, r in plan.tried
               if r.fits and n != names]
+    # Compiled FLOPs where both compiled; the traced counts also see remat's recomputation.
+    ratio = (best.flops_per_device / report.flops_per_device if report.flops_per_device
+             else best.counted_flops_per_device / report.counted_flops_per_device)
     return (head + f'; cheapest that fits: {_flags_for(best.options)} '
-            f'({_gib(best.hbm_bytes_per_device)}, {best.flops_per_device / report.flops_per_device:.2f}x '
-            f'the FLOPs)' + (f'; also fit: {", ".join(others)}' if others else ''))
+            f'({_gib(best.hbm_bytes_per_device)}, {ratio:.2f}x the FLOPs)'
+            + (f'; also fit: {", ".join(others)}' if others else ''))
   key = 'eval_batch_size' if report.step == 'eval' else 'batch_size'
   if plan.max_per_device_batch:
     b = plan.max_per_device_batch
