@@ -4,8 +4,8 @@ r"""Check our implementation against golden reference fixtures.
 
 Without arguments every file under the repository's fixtures/ (or $SLOTCURRI_FIXTURES)
 is checked. For each file: detect its kind (slot_model, dinov2_vit, spawn, ssync,
-metrics, and the whole-run slotcurri_trajectory / ssync_trajectory), rebuild what it
-tests from the file's own `config` (never from fixed sizes), run it, and print one JSON
+ssync_merge, metrics, and the whole-run slotcurri_trajectory / ssync_trajectory), rebuild
+what it tests from the file's own `config` (never from fixed sizes), run it, and print one JSON
 line per output:
   {"file", "kind", "output", ..., "ok"}
 Single-step kinds give max_abs_err, rel_l2_err and tol; trajectories are replayed
@@ -16,6 +16,7 @@ a file cannot be checked (one line on stderr names the file and the problem), el
 """
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import sys
@@ -44,6 +45,7 @@ TOL_SLOT_ERROR = dict(atol=1e-6, rtol=0.0)
 TOL_TOKENS = dict(atol=1e-5, rtol=0.0)
 TOL_POS_EMBED = dict(atol=1e-6, rtol=0.0)
 TOL_EXACT = dict(atol=0.0, rtol=0.0)
+TOL_IOU = dict(atol=1e-6, rtol=0.0)
 
 FORWARD_KEYS = ('features', 'slots', 'slots_predicted', 'sa_masks', 'sa_logits', 'dec_masks',
                 'dec_alpha', 'recon')
@@ -273,6 +275,47 @@ def check_ssync(path: pathlib.Path, data) -> Iterator[dict]:
       yield dict(output=f'{case}/{name}', **compare(ours, f[f'out/{name}'], **tol))
 
 
+def ssync_merge_outputs(data) -> dict[str, dict[str, np.ndarray]]:
+  """Our labels, IoU, areas and merge of every case of ssync_merge.npz: {case: {output: array}}.
+
+  Each case runs ssync.pseudo_labels on its logits with its first `active` rows active. The
+  original only had those rows, so its arrays cover them: the mapping [B, active], the IoU
+  [B, active, active], the areas [B, active]. Ours over all K rows are sliced to match;
+  'inactive_rows_map_to_themselves' is our rule for the rest (ssync.merge_mapping).
+  """
+  config = fixture_config(data)
+  ours = {}
+  for case, cc in config['cases'].items():
+    z_enc, z_dec = jnp.asarray(data[f'{case}/in/zA']), jnp.asarray(data[f'{case}/in/zD'])
+    k, a = z_enc.shape[2], cc['active']
+    active = jnp.arange(k) < a
+    aux = jax.jit(functools.partial(ssync.pseudo_labels, grid=tuple(cc['grid']),
+                                    tau_merge=cc['tau']))(z_enc, z_dec, active)
+    mapping = np.asarray(aux['mapping'])
+    ours[case] = {
+        'labels_enc': aux['labels_enc'], 'labels_dec': aux['labels_dec'],
+        'enc_area': np.asarray(ssync.label_areas(aux['labels_enc'], k))[:, :a],
+        'slot_iou': np.asarray(aux['slot_iou'])[:, :a, :a],
+        'merge_mapping': mapping[:, :a],
+        'labels_enc_merged': aux['labels_enc_merged'],
+        'labels_dec_merged': aux['labels_dec_merged'],
+        'inactive_rows_map_to_themselves': mapping[:, a:] == np.arange(a, k)}
+  return ours
+
+
+def check_ssync_merge(path: pathlib.Path, data) -> Iterator[dict]:
+  """The merge winner in the original's visiting order (both cases of ssync_merge.npz)."""
+  del path
+  for case, outputs in ssync_merge_outputs(data).items():
+    for name, ours in outputs.items():
+      if name == 'inactive_rows_map_to_themselves':
+        ref, tol = np.ones_like(ours), TOL_EXACT
+      else:
+        ref = data[f'{case}/out/{name}']
+        tol = TOL_IOU if name == 'slot_iou' else TOL_EXACT
+      yield dict(output=f'{case}/{name}', **compare(ours, ref, **tol))
+
+
 # ------------------------------------------------------------------ metrics
 
 def check_metrics(path: pathlib.Path, data) -> Iterator[dict]:
@@ -314,6 +357,7 @@ CHECKS: dict[str, Callable[[pathlib.Path, Any], Iterator[dict]]] = {
     'dinov2_vit': check_dinov2_vit,
     'spawn': check_spawn,
     'ssync': check_ssync,
+    'ssync_merge': check_ssync_merge,
     'metrics': check_metrics,
     'slotcurri_trajectory': trajectory.check_trajectory,
     'ssync_trajectory': trajectory.check_trajectory,
