@@ -4,7 +4,7 @@ r"""Check our implementation against golden reference fixtures.
 
 Without arguments every file under the repository's fixtures/ (or $SLOTCURRI_FIXTURES)
 is checked. For each file: detect its kind (slot_model, dinov2_vit, spawn, ssync,
-ssync_merge, metrics, and the whole-run slotcurri_trajectory / ssync_trajectory), rebuild
+ssync_merge, metrics, resize, and the whole-run slotcurri_trajectory / ssync_trajectory), rebuild
 what it tests from the file's own `config` (never from fixed sizes), run it, and print one JSON
 line per output:
   {"file", "kind", "output", ..., "ok"}
@@ -32,6 +32,8 @@ from slotcurri_jax import fixtures
 from slotcurri_jax import metrics
 from slotcurri_jax import ssync
 from slotcurri_jax import train
+from slotcurri_jax.data import device_preprocess
+from slotcurri_jax.data import ytvis
 from slotcurri_jax.models import dinov2
 from slotcurri_jax.tools import import_reference
 from slotcurri_jax.tools import trajectory
@@ -46,6 +48,7 @@ TOL_TOKENS = dict(atol=1e-5, rtol=0.0)
 TOL_POS_EMBED = dict(atol=1e-6, rtol=0.0)
 TOL_EXACT = dict(atol=0.0, rtol=0.0)
 TOL_IOU = dict(atol=1e-6, rtol=0.0)
+TOL_RESIZE = dict(atol=1e-5, rtol=0.0)  # normalised units; fixtures/README.md
 
 FORWARD_KEYS = ('features', 'slots', 'slots_predicted', 'sa_masks', 'sa_logits', 'dec_masks',
                 'dec_alpha', 'recon')
@@ -352,6 +355,54 @@ def check_metrics(path: pathlib.Path, data) -> Iterator[dict]:
                  **compare(per_video, d[f'out/{name}_per_video'], **TOL_TOKENS))
 
 
+# ------------------------------------------------------------------ resize
+
+def resize_outputs(data) -> dict[str, np.ndarray]:
+  """Our on-device preprocessing (data/device_preprocess.py) of resize.npz's uint8 frames,
+  fed as the raw batches of data/movi.py and data/ytvis.py (the whole MOVi frame; the
+  stored-pixel window a YT-VIS training crop reads; the centre square for evaluation), at
+  the fixture's kept output rows and columns: {'movi/video': float32 [T, rows, cols, 3], ...}.
+  """
+  cases = fixture_config(data)['cases']
+  resize = jax.jit(device_preprocess.video_from_raw, static_argnums=4)
+
+  def ours(prefix, frames, size, crop, flip, resolution):
+    out = resize(frames[None], np.asarray([size], np.int32), np.asarray([crop], np.int32),
+                 np.asarray([flip]), resolution)
+    return np.asarray(out[0])[:, data[f'{prefix}/in/rows']][:, :, data[f'{prefix}/in/cols']]
+
+  r = cases['movi']['resolution']
+  h, w = cases['movi']['stored']
+  outputs = {f'movi/{name}': ours('movi', data['movi/in/frames'], (h, w, r, r), (0, 0, 0, 0),
+                                  flip, r)
+             for name, flip in (('video', False), ('video_flip', True))}
+  r = cases['ytvis']['resolution']
+  h, w = cases['ytvis']['stored']
+  frames = data['ytvis/in/frames']
+  new_h, new_w = (int(n) for n in ytvis._short_side(h, w, r))
+  pad = min(h, w) + 4  # ytvis.raw_window: the pre-pass short side + 4
+  for k, (top, left) in enumerate(data['ytvis/in/crops']):
+    row0 = int(ytvis._window_start(h, new_h, int(top), r, pad))
+    col0 = int(ytvis._window_start(w, new_w, int(left), r, pad))
+    window = np.zeros(frames.shape[:1] + (pad, pad, 3), np.uint8)
+    stored = frames[:, row0:row0 + pad, col0:col0 + pad]
+    window[:, :stored.shape[1], :stored.shape[2]] = stored
+    outputs[f'ytvis/train_crop{k}'] = ours('ytvis', window, (h, w, new_h, new_w),
+                                           (top, left, row0, col0), False, r)
+  top, left, side = (int(n) for n in ytvis._centre_crop(h, w))
+  outputs['ytvis/eval'] = ours('ytvis', frames[:, top:top + side, left:left + side],
+                               (side, side, r, r), (0, 0, 0, 0), False, r)
+  return outputs
+
+
+def check_resize(path: pathlib.Path, data) -> Iterator[dict]:
+  """resize.npz: PyTorch's bicubic resize, clamp, normalisation, crops and flip."""
+  del path
+  for name, ours in resize_outputs(data).items():
+    case, output = name.split('/')
+    yield dict(output=name, **compare(ours, data[f'{case}/out/{output}'], **TOL_RESIZE))
+
+
 CHECKS: dict[str, Callable[[pathlib.Path, Any], Iterator[dict]]] = {
     'slot_model': check_slot_model,
     'dinov2_vit': check_dinov2_vit,
@@ -359,6 +410,7 @@ CHECKS: dict[str, Callable[[pathlib.Path, Any], Iterator[dict]]] = {
     'ssync': check_ssync,
     'ssync_merge': check_ssync_merge,
     'metrics': check_metrics,
+    'resize': check_resize,
     'slotcurri_trajectory': trajectory.check_trajectory,
     'ssync_trajectory': trajectory.check_trajectory,
 }
