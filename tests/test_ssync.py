@@ -134,7 +134,7 @@ def test_merge_fixture_of_the_original(fixtures_dir):
       if name == 'inactive_rows_map_to_themselves':
         assert np.all(ours), case
       elif name == 'slot_iou':
-        np.testing.assert_allclose(ours, data[f'{case}/out/{name}'], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(ours, data[f'{case}/out/{name}'], **check_fixture.TOL_IOU)
       else:
         np.testing.assert_array_equal(ours, data[f'{case}/out/{name}'], err_msg=f'{case}/{name}')
 

@@ -4,9 +4,9 @@ r"""Check our implementation against golden reference fixtures.
 
 Without arguments every file under the repository's fixtures/ (or $SLOTCURRI_FIXTURES)
 is checked. For each file: detect its kind (slot_model, dinov2_vit, spawn, ssync,
-ssync_merge, metrics, resize, and the whole-run slotcurri_trajectory / ssync_trajectory), rebuild
-what it tests from the file's own `config` (never from fixed sizes), run it, and print one JSON
-line per output:
+ssync_merge, metrics, resize, and the whole-run slotcurri_trajectory /
+ssync_trajectory), rebuild what it tests from the file's own `config` (never from fixed
+sizes), run it, and print one JSON line per output:
   {"file", "kind", "output", ..., "ok"}
 Single-step kinds give max_abs_err, rel_l2_err and tol; trajectories are replayed
 through the train step that trains (tools/trajectory.py) and give, per quantity, the
