@@ -155,7 +155,8 @@ def dfs_visit_order(adjacency: jax.Array) -> tuple[jax.Array, jax.Array]:
   minus_one = jnp.full((b, k), -1, jnp.int32)
   init = (jnp.zeros((b, k), bool), minus_one, minus_one, minus_one,
           jnp.full((b,), -1, jnp.int32))
-  _, _, visit_time, root, _ = jax.lax.fori_loop(0, 2 * k, step, init, unroll=True)
+  # A rolled loop: unrolling its 2K steps compiles 3-4x slower for no measurable gain on CPU.
+  _, _, visit_time, root, _ = jax.lax.fori_loop(0, 2 * k, step, init)
   return visit_time, root
 
 
