@@ -5,6 +5,7 @@ r"""Training-step speed, memory and FLOPs of the demo and MOVi-C models; evaluat
   python benchmarks/train_step.py --configs=movi_c_slots --dtypes=float32 --batch=16
   python benchmarks/train_step.py --configs=demo_eval,movi_c_slots_eval --eval_batch=4
   python benchmarks/train_step.py --configs=movi_c_slots --dtypes=float32 --active_slots=2,5
+  python benchmarks/train_step.py --configs=demo,movi_c_slots --dtypes=float32 --variant=ssync
 
 Configurations (--configs, comma separated):
   demo               configs/demo.py: CNN encoder, 64 px, 8x8 patches, D_s 64, 7 slots,
@@ -95,8 +96,8 @@ PYTORCH_ANCHORS = {
 
 # --------------------------------------------------------------------------- configs and models
 
-def _config_file(name: str):
-  return config_lib.load(REPO / 'configs' / f'{name}.py')
+def _config_file(name: str, variant: str | None = None):
+  return config_lib.load(f"{REPO / 'configs' / f'{name}.py'}:{variant or ''}")
 
 
 def _tuples(value):
@@ -105,10 +106,11 @@ def _tuples(value):
 
 
 def build_config(name: str, dtype: str, batch: int, remat: bool = False,
-                 overrides: dict | None = None):
-  """The config of a benchmark configuration (name without the _eval suffix); `overrides`
+                 overrides: dict | None = None, variant: str | None = None):
+  """The config of a benchmark configuration (name without the _eval suffix) for a method
+  variant of its config file (None: the file's default, SlotCurri); `overrides`
   {'model.slot_dim': 16, ...} are set first (gpu_check.py --cpu shrinks the demo with them)."""
-  c = _config_file('demo' if name == 'demo' else 'movi_c')
+  c = _config_file('demo' if name == 'demo' else 'movi_c', variant)
   for key, value in (overrides or {}).items():
     *parents, field = key.split('.')
     setattr(functools.reduce(getattr, parents, c), field, _tuples(value))
@@ -237,10 +239,11 @@ def raw_batch(name: str, config, shape, seed: int = 0) -> dict:
 
 def measure_train(name: str, dtype: str, batch: int, steps: int, warmup: int,
                   num_slots: int | None = None, remat: bool = False,
-                  raw_input: bool = False, overrides: dict | None = None) -> dict:
+                  raw_input: bool = False, overrides: dict | None = None,
+                  variant: str | None = None) -> dict:
   from slotcurri_jax import train  # TensorFlow: see the imports at the top
   rss_base = _peak_rss_bytes()
-  config = build_config(name, dtype, batch, remat, overrides)
+  config = build_config(name, dtype, batch, remat, overrides, variant)
   run, shape = build_run(name, config)
   mesh = parallel.create_mesh(devices=jax.devices()[:1])
   state, shardings = train.create_state(run, mesh, jax.random.PRNGKey(0))
@@ -272,8 +275,8 @@ def measure_train(name: str, dtype: str, batch: int, steps: int, warmup: int,
     raise FloatingPointError(f'{name} {dtype}: loss {loss} is not finite')
   s_per_step = timing.median_s
   return {
-      'config': name, 'dtype': dtype, 'batch': batch, 'frames': config.data.train_clip_len,
-      'computed_slots': num_slots or config.model.max_slots, 'active_slots_only': bool(num_slots),
+      'config': name, 'variant': variant or 'default', 'dtype': dtype, 'batch': batch,
+      'frames': config.data.train_clip_len, 'computed_slots': num_slots or config.model.max_slots, 'active_slots_only': bool(num_slots),
       'decoder_remat': remat, 'config_overrides': overrides or {},
       'input_shape': list(shape), 'steps_timed': steps, 'warmup': warmup,
       'step_times_s': times, 's_per_step': s_per_step, 'steps_per_s': 1.0 / s_per_step,
@@ -384,7 +387,9 @@ def summarise(results: list[dict], peak: dict) -> list[dict]:
     nominal = peak.get('nominal_cpu_peak')
     if facts['platform'] == 'cpu' and nominal:
       r['mfu_vs_nominal_cpu_peak'] = achieved / nominal['flops_per_s']
-    anchor = None if r.get('active_slots_only') else PYTORCH_ANCHORS.get((r['config'], r['batch']))
+    # The PyTorch anchors time SlotCurri, the files' default variant.
+    anchor = (None if r.get('active_slots_only') or r.get('variant', 'default') != 'default'
+              else PYTORCH_ANCHORS.get((r['config'], r['batch'])))
     if anchor and facts['platform'] == 'cpu':
       steps_peak = r.get('steps_peak_rss_bytes')
       r['vs_pytorch'] = {
@@ -459,6 +464,10 @@ def main(argv=None) -> None:
   p.add_argument('--raw_input', action='store_true',
                  help='video configs: feed uint8 frames at the stored size (128 px MOVi) so the '
                       'step includes the on-device resize (data.preprocess_on_device)')
+  p.add_argument('--variant', default=None,
+                 help='training configurations: the method variant of configs/demo.py or '
+                      'configs/movi_c.py (slotcurri, slotcontrast, ssync, slotcurri_ssync; '
+                      'default: the file\'s default, slotcurri)')
   p.add_argument('--remat', action='store_true',
                  help='also time each training configuration with model.decoder.remat=True')
   p.add_argument('--eval_batch', type=int, default=4, help='videos per evaluation step')
@@ -486,7 +495,7 @@ def main(argv=None) -> None:
       for dtype in args.dtypes.split(','):
         spec = {'kind': 'train', 'name': name, 'dtype': dtype,
                 'batch': args.batch or DEFAULT_BATCH[name], 'steps': args.steps or DEFAULT_STEPS[name],
-                'warmup': args.warmup, 'raw_input': args.raw_input}
+                'warmup': args.warmup, 'raw_input': args.raw_input, 'variant': args.variant}
         print(f'running {name} {dtype} batch {spec["batch"]} ...', flush=True)
         results.append(run_child(spec, args.timeout))
         for k in [int(k) for k in args.active_slots.split(',') if k]:

@@ -10,6 +10,7 @@ from slotcurri_jax import parallel
 from slotcurri_jax.data import device_preprocess
 from slotcurri_jax.data import transforms
 from slotcurri_jax.data import pipeline
+from slotcurri_jax.tools import check_fixture
 import test_data_ytvis as fake_ytvis
 
 ATOL = 2e-5  # normalised units (1/std ~ 4.4 x pixel units); the two paths differ by ~1e-6
@@ -76,6 +77,28 @@ def test_weights_equal_the_host_weights(in_size, out_size, start):
                                             in_size - offset)
   expected = transforms.cubic_weights(in_size, out_size).numpy()[start:start + count, offset:]
   np.testing.assert_allclose(np.asarray(weights), expected, atol=1e-6, rtol=0)
+
+
+def test_device_path_equals_pytorch(fixtures_dir):
+  """resize.npz, made with torch's F.interpolate (fixtures/make_resize_fixture.py): MOVi
+  128 -> 336 with and without flip, YT-VIS 320 x 568 -> short side 518 with three crops
+  (through the stored-pixel windows data/ytvis.py ships), and the evaluation centre square.
+
+  Tolerance (check_fixture.TOL_RESIZE, 1e-5 in normalised units): each output is 4 + 4
+  taps summed in float32 by both (|weights| sum to at most ~1.3), rounded at every step in
+  a different order, then normalised (x 1/std <= 4.4): a few float32 ulps of 1.0 (1.2e-7)
+  times 4.4, about 4e-6 at worst; measured 2.6e-6. A wrong kernel coefficient, a missing
+  clamp or a shifted source position gives 0.1 - 3.
+  """
+  with np.load(fixtures_dir / 'resize.npz', allow_pickle=False) as z:
+    data = check_fixture._Loaded(z)
+  outputs = check_fixture.resize_outputs(data)
+  assert set(outputs) == {f'{case}/{name}' for case, name in (k.split('/out/') for k in data.files
+                                                              if '/out/' in k)}
+  for name, ours in outputs.items():
+    case, output = name.split('/')
+    np.testing.assert_allclose(ours, data[f'{case}/out/{output}'], **check_fixture.TOL_RESIZE,
+                               err_msg=name)
 
 
 def test_host_batches_pass_through():

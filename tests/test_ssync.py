@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from slotcurri_jax import ssync
+from slotcurri_jax.tools import check_fixture
 
 # (key prefix in ssync.npz, key of config['cases'])
 CASES = [('', 'main'), ('slotmodel_case/', 'slotmodel_case/')]
@@ -112,11 +113,68 @@ def test_merge_long_chain_ties_and_inactive():
   for i in range(k - 2):  # chain 0-1-...-7: path of length 7 needs 3 squarings
     iou[i, i + 1] = iou[i + 1, i] = 0.9
   iou[7, 8] = iou[8, 7] = 0.9  # 8 is inactive: this edge must be ignored
-  areas = [1, 4, 1, 1, 1, 4, 1, 1, 2]  # tie between slots 1 and 5: lowest index wins
+  areas = [1, 4, 1, 1, 1, 4, 1, 1, 2]  # tie between slots 1 and 5: the search visits 1 first
   labels = _areas_to_labels(areas)
   active = jnp.arange(k) < 8
   mapping = ssync.merge_mapping(jnp.asarray(iou[None]), labels, active, tau)
   np.testing.assert_array_equal(mapping, [[1] * 8 + [8]])
+
+
+def test_merge_fixture_of_the_original(fixtures_dir):
+  """ssync_merge.npz: ties broken in the original's depth-first visiting order."""
+  with np.load(fixtures_dir / 'ssync_merge.npz', allow_pickle=False) as z:
+    data = check_fixture._Loaded(z)
+  config = check_fixture.fixture_config(data)
+  components = [c for case in config['cases'].values() for clip in case['clips']
+                for c in clip['components']]
+  # The file must separate the visiting order from the lowest index, or it proves nothing.
+  assert sum(c['winner'] != c['lowest_index_among_tied'] for c in components) >= 5
+  for case, outputs in check_fixture.ssync_merge_outputs(data).items():
+    for name, ours in outputs.items():
+      if name == 'inactive_rows_map_to_themselves':
+        assert np.all(ours), case
+      elif name == 'slot_iou':
+        np.testing.assert_allclose(ours, data[f'{case}/out/{name}'], **check_fixture.TOL_IOU)
+      else:
+        np.testing.assert_array_equal(ours, data[f'{case}/out/{name}'], err_msg=f'{case}/{name}')
+
+
+def _stack_search_winners(edges, areas):
+  """docs/method.md §9.3 step 5 in plain Python: components by a stack search from the
+  smallest index, neighbours pushed in increasing index, a slot marked when popped; the
+  winner is the first visited slot of largest area."""
+  k = len(areas)
+  winner, seen = list(range(k)), set()
+  for start in range(k):
+    if start in seen or not edges[start].any():
+      continue
+    order, stack = [], [start]
+    while stack:
+      node = stack.pop()
+      if node not in seen:
+        seen.add(node)
+        order.append(node)
+        stack.extend(int(j) for j in np.flatnonzero(edges[node]) if j not in seen)
+    best = max(order, key=lambda s: (areas[s], -order.index(s)))
+    for s in order:
+      winner[s] = best
+  return winner
+
+
+@pytest.mark.parametrize('k', [2, 7, 11])
+def test_merge_winner_matches_a_plain_stack_search(k):
+  """Random graphs with many area ties, 64 clips in one batch."""
+  rng = np.random.default_rng(k)
+  b, g = 64, 4
+  upper = np.triu(rng.random((b, k, k)) < rng.uniform(0.1, 0.6, (b, 1, 1)), 1)
+  edges = upper | upper.transpose(0, 2, 1)
+  iou = np.where(edges, 0.9, 0.1).astype(np.float32)
+  labels = rng.integers(0, min(k, 4), (b, 1, g, g)).astype(np.int32)  # few labels: many ties
+  mapping = jax.jit(ssync.merge_mapping, static_argnums=3)(
+      jnp.asarray(iou), jnp.asarray(labels), jnp.ones(k, bool), 0.5)
+  areas = np.asarray(ssync.label_areas(jnp.asarray(labels), k))
+  expected = [_stack_search_winners(edges[i], areas[i]) for i in range(b)]
+  np.testing.assert_array_equal(mapping, expected)
 
 
 def _brute_force_regions(labels, n_bd, n_noise, n_nbd):

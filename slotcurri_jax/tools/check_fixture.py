@@ -4,9 +4,9 @@ r"""Check our implementation against golden reference fixtures.
 
 Without arguments every file under the repository's fixtures/ (or $SLOTCURRI_FIXTURES)
 is checked. For each file: detect its kind (slot_model, dinov2_vit, spawn, ssync,
-metrics, and the whole-run slotcurri_trajectory / ssync_trajectory), rebuild what it
-tests from the file's own `config` (never from fixed sizes), run it, and print one JSON
-line per output:
+ssync_merge, metrics, resize, and the whole-run slotcurri_trajectory /
+ssync_trajectory), rebuild what it tests from the file's own `config` (never from fixed
+sizes), run it, and print one JSON line per output:
   {"file", "kind", "output", ..., "ok"}
 Single-step kinds give max_abs_err, rel_l2_err and tol; trajectories are replayed
 through the train step that trains (tools/trajectory.py) and give, per quantity, the
@@ -16,6 +16,7 @@ a file cannot be checked (one line on stderr names the file and the problem), el
 """
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import sys
@@ -31,6 +32,8 @@ from slotcurri_jax import fixtures
 from slotcurri_jax import metrics
 from slotcurri_jax import ssync
 from slotcurri_jax import train
+from slotcurri_jax.data import device_preprocess
+from slotcurri_jax.data import ytvis
 from slotcurri_jax.models import dinov2
 from slotcurri_jax.tools import import_reference
 from slotcurri_jax.tools import trajectory
@@ -44,6 +47,8 @@ TOL_SLOT_ERROR = dict(atol=1e-6, rtol=0.0)
 TOL_TOKENS = dict(atol=1e-5, rtol=0.0)
 TOL_POS_EMBED = dict(atol=1e-6, rtol=0.0)
 TOL_EXACT = dict(atol=0.0, rtol=0.0)
+TOL_IOU = dict(atol=1e-6, rtol=0.0)
+TOL_RESIZE = dict(atol=1e-5, rtol=0.0)  # normalised units; fixtures/README.md
 
 FORWARD_KEYS = ('features', 'slots', 'slots_predicted', 'sa_masks', 'sa_logits', 'dec_masks',
                 'dec_alpha', 'recon')
@@ -273,6 +278,47 @@ def check_ssync(path: pathlib.Path, data) -> Iterator[dict]:
       yield dict(output=f'{case}/{name}', **compare(ours, f[f'out/{name}'], **tol))
 
 
+def ssync_merge_outputs(data) -> dict[str, dict[str, np.ndarray]]:
+  """Our labels, IoU, areas and merge of every case of ssync_merge.npz: {case: {output: array}}.
+
+  Each case runs ssync.pseudo_labels on its logits with its first `active` rows active. The
+  original only had those rows, so its arrays cover them: the mapping [B, active], the IoU
+  [B, active, active], the areas [B, active]. Ours over all K rows are sliced to match;
+  'inactive_rows_map_to_themselves' is our rule for the rest (ssync.merge_mapping).
+  """
+  config = fixture_config(data)
+  ours = {}
+  for case, cc in config['cases'].items():
+    z_enc, z_dec = jnp.asarray(data[f'{case}/in/zA']), jnp.asarray(data[f'{case}/in/zD'])
+    k, a = z_enc.shape[2], cc['active']
+    active = jnp.arange(k) < a
+    aux = jax.jit(functools.partial(ssync.pseudo_labels, grid=tuple(cc['grid']),
+                                    tau_merge=cc['tau']))(z_enc, z_dec, active)
+    mapping = np.asarray(aux['mapping'])
+    ours[case] = {
+        'labels_enc': aux['labels_enc'], 'labels_dec': aux['labels_dec'],
+        'enc_area': np.asarray(ssync.label_areas(aux['labels_enc'], k))[:, :a],
+        'slot_iou': np.asarray(aux['slot_iou'])[:, :a, :a],
+        'merge_mapping': mapping[:, :a],
+        'labels_enc_merged': aux['labels_enc_merged'],
+        'labels_dec_merged': aux['labels_dec_merged'],
+        'inactive_rows_map_to_themselves': mapping[:, a:] == np.arange(a, k)}
+  return ours
+
+
+def check_ssync_merge(path: pathlib.Path, data) -> Iterator[dict]:
+  """The merge winner in the original's visiting order (both cases of ssync_merge.npz)."""
+  del path
+  for case, outputs in ssync_merge_outputs(data).items():
+    for name, ours in outputs.items():
+      if name == 'inactive_rows_map_to_themselves':
+        ref, tol = np.ones_like(ours), TOL_EXACT
+      else:
+        ref = data[f'{case}/out/{name}']
+        tol = TOL_IOU if name == 'slot_iou' else TOL_EXACT
+      yield dict(output=f'{case}/{name}', **compare(ours, ref, **tol))
+
+
 # ------------------------------------------------------------------ metrics
 
 def check_metrics(path: pathlib.Path, data) -> Iterator[dict]:
@@ -309,12 +355,62 @@ def check_metrics(path: pathlib.Path, data) -> Iterator[dict]:
                  **compare(per_video, d[f'out/{name}_per_video'], **TOL_TOKENS))
 
 
+# ------------------------------------------------------------------ resize
+
+def resize_outputs(data) -> dict[str, np.ndarray]:
+  """Our on-device preprocessing (data/device_preprocess.py) of resize.npz's uint8 frames,
+  fed as the raw batches of data/movi.py and data/ytvis.py (the whole MOVi frame; the
+  stored-pixel window a YT-VIS training crop reads; the centre square for evaluation), at
+  the fixture's kept output rows and columns: {'movi/video': float32 [T, rows, cols, 3], ...}.
+  """
+  cases = fixture_config(data)['cases']
+  resize = jax.jit(device_preprocess.video_from_raw, static_argnums=4)
+
+  def ours(prefix, frames, size, crop, flip, resolution):
+    out = resize(frames[None], np.asarray([size], np.int32), np.asarray([crop], np.int32),
+                 np.asarray([flip]), resolution)
+    return np.asarray(out[0])[:, data[f'{prefix}/in/rows']][:, :, data[f'{prefix}/in/cols']]
+
+  r = cases['movi']['resolution']
+  h, w = cases['movi']['stored']
+  outputs = {f'movi/{name}': ours('movi', data['movi/in/frames'], (h, w, r, r), (0, 0, 0, 0),
+                                  flip, r)
+             for name, flip in (('video', False), ('video_flip', True))}
+  r = cases['ytvis']['resolution']
+  h, w = cases['ytvis']['stored']
+  frames = data['ytvis/in/frames']
+  new_h, new_w = (int(n) for n in ytvis._short_side(h, w, r))
+  pad = min(h, w) + 4  # ytvis.raw_window: the pre-pass short side + 4
+  for k, (top, left) in enumerate(data['ytvis/in/crops']):
+    row0 = int(ytvis._window_start(h, new_h, int(top), r, pad))
+    col0 = int(ytvis._window_start(w, new_w, int(left), r, pad))
+    window = np.zeros(frames.shape[:1] + (pad, pad, 3), np.uint8)
+    stored = frames[:, row0:row0 + pad, col0:col0 + pad]
+    window[:, :stored.shape[1], :stored.shape[2]] = stored
+    outputs[f'ytvis/train_crop{k}'] = ours('ytvis', window, (h, w, new_h, new_w),
+                                           (top, left, row0, col0), False, r)
+  top, left, side = (int(n) for n in ytvis._centre_crop(h, w))
+  outputs['ytvis/eval'] = ours('ytvis', frames[:, top:top + side, left:left + side],
+                               (side, side, r, r), (0, 0, 0, 0), False, r)
+  return outputs
+
+
+def check_resize(path: pathlib.Path, data) -> Iterator[dict]:
+  """resize.npz: PyTorch's bicubic resize, clamp, normalisation, crops and flip."""
+  del path
+  for name, ours in resize_outputs(data).items():
+    case, output = name.split('/')
+    yield dict(output=name, **compare(ours, data[f'{case}/out/{output}'], **TOL_RESIZE))
+
+
 CHECKS: dict[str, Callable[[pathlib.Path, Any], Iterator[dict]]] = {
     'slot_model': check_slot_model,
     'dinov2_vit': check_dinov2_vit,
     'spawn': check_spawn,
     'ssync': check_ssync,
+    'ssync_merge': check_ssync_merge,
     'metrics': check_metrics,
+    'resize': check_resize,
     'slotcurri_trajectory': trajectory.check_trajectory,
     'ssync_trajectory': trajectory.check_trajectory,
 }
