@@ -8,6 +8,12 @@ r"""MOVi-C: SlotCurri (default), SlotContrast, SSync, SlotCurri+SSync.
 Data: movi_c/128x128:1.0.0 under config.data.data_dir (default gs://kubric-public/tfds).
 Weights: DINOv2 ViT-S/14 (see README, "Weights").
 
+TPU (compiled for the slice by XLA's TPU compiler on a CPU, not run; docs/scaling.md):
+  python -m slotcurri_jax.tools.aot --config=configs/movi_c.py --topology=v5p-8
+SlotCurri at the paper batch fits the smallest slices compiled with the default options:
+v4-8 or v5p-8 (4 chips, 32 clips each: 13.3 / 13.4 GiB per chip of 32 / 95), and v5e-8
+(8 chips, 6.8 of 16 GiB); SlotContrast's batch of 64 needs half of that.
+
 Expected video FG-ARI / video mBO on the 250 validation videos at 336 px (docs/method.md §13):
   slotcurri        77.6 +- 0.9 / 32.8   (cyclic rollout)
   slotcontrast     69.3 / 32.7          (forward rollout)

@@ -10,6 +10,11 @@ manual_dir; the last 300 videos are held out and the first 210 of them are score
 (quirk 11; --config.eval.ytvis_num_videos=300 scores all). 518 px, 37x37 patches.
 Weights: DINOv2 ViT-B/14.
 
+TPU: not yet compiled for a slice at this commit (docs/scaling.md); before training, check
+the slice with `python -m slotcurri_jax.tools.aot --config=configs/ytvis.py --topology=v5e-8`
+(launch/tpu_pod.sh does). On 8 H100s (compiled, not run) every method fits: 8.6 GiB per GPU
+(SSync, whose batch is 128: 16.7).
+
 Expected video FG-ARI / video mBO at 518 px, whole videos (docs/method.md §13):
   slotcurri        44.8 +- 1.2 / 35.5 +- 2.2   (contrast pool 32, global batch 64)
   slotcontrast     38.0 / 33.7

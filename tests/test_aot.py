@@ -59,46 +59,48 @@ def test_a_batch_the_slice_does_not_split_is_refused_before_compiling():
 
 # --------------------------------------------------------------------------- compiled steps
 
-def _fsdp_config(name: str, batch: int, fsdp: int):
+def _config(name: str, batch: int, fsdp: int = 1):
   config = config_lib.load(f'{REPO}/configs/{name}.py')
   config.data.batch_size = batch
   config.train.active_slots_only = False
   config.mesh.fsdp = fsdp
-  config.mesh.fsdp_all_params = True
+  config.mesh.fsdp_all_params = fsdp > 1
   return config
 
 
-def _check_compiled(report, program, counted_tolerance=0.05):
+def _check_fits(report, program):
   assert report.fits and 0 < report.hbm_bytes_per_device < report.hbm_capacity_bytes
   assert report.memory['temporaries'] >= 0 and report.memory['arguments'] > 0
-  # Two independent counts of one step: the compiled TPU program (loops x trip counts)
-  # and the traced jaxpr (scans x length); XLA's own count sees each loop body once.
   assert report.unknown_trip_counts == 0
-  assert report.flops_per_device == pytest.approx(report.counted_flops_per_device,
-                                                  rel=counted_tolerance)
-  assert report.xla_cost_analysis_flops < 0.9 * report.flops_per_device
-  # fsdp: params and moments live split over the chips and are gathered in the step.
-  kernel = program.state.params['decoder']['mlp']['dense_1']['kernel']
-  assert 'fsdp' in kernel.sharding.spec
-  assert report.collective_bytes_per_device.get('all-gather', 0) > 0
   assert report.lower_bound_step_seconds == pytest.approx(
       report.flops_per_device / program.topo.chip.peak_bf16_flops)
 
 
-def test_the_demo_train_step_compiles_for_tpu_v5e_with_fsdp():
-  program = aot.Program.build(_fsdp_config('demo', 16, 2), aot.topology('v5e-4'))
-  assert dict(program.mesh.shape) == {'data': 2, 'fsdp': 2}
-  _check_compiled(program.compile('train'), program)
+def test_the_demo_train_step_compiles_for_tpu_v5e():
+  program = aot.Program.build(_config('demo', 16), aot.topology('v5e-4'))
+  report = program.compile('train')
+  _check_fits(report, program)
+  # Two independent counts of one step: the compiled TPU program (loops x trip counts)
+  # and the traced jaxpr (scans x length); XLA's own count sees each loop body once.
+  assert report.flops_per_device == pytest.approx(report.counted_flops_per_device, rel=0.01)
+  assert report.xla_cost_analysis_flops < 0.9 * report.flops_per_device
 
 
 def test_the_movi_c_train_step_compiles_for_tpu_v5e_with_fsdp():
-  # The paper model (DINOv2 ViT-S/14 at 336 px, 11 slots, decoder 3 x 1024), one clip per chip.
-  program = aot.Program.build(_fsdp_config('movi_c', 4, 4), aot.topology('v5e-4'))
+  # The paper model (DINOv2 ViT-S/14 at 336 px, 11 slots, decoder 3 x 1024), one clip per
+  # chip, params and moments split over the 4 chips.
+  program = aot.Program.build(_config('movi_c', 4, fsdp=4), aot.topology('v5e-4'))
   assert dict(program.mesh.shape) == {'data': 1, 'fsdp': 4}
-  report = program.compile('train')
-  _check_compiled(report, program)
   assert program.train_batch['frames'].dtype == np.uint8  # raw frames, resized on device
   assert program.train_batch['frames'].shape == (4, 4, 128, 128, 3)
+  kernel = program.state.params['decoder']['mlp']['dense_1']['kernel']
+  assert 'fsdp' in kernel.sharding.spec
+  report = program.compile('train')
+  _check_fits(report, program)
+  assert report.collective_bytes_per_device.get('all-gather', 0) > 0  # params gathered
+  # The partitioner may add work (weight-gradient shards from gathered activations),
+  # never drop a matmul of the traced step.
+  assert report.flops_per_device >= 0.999 * report.counted_flops_per_device
 
 
 def test_a_step_that_cannot_fit_ends_in_one_line():
