@@ -132,7 +132,9 @@ def make_train_step(run: Run, num_slots: int | None = None, *, diagnostics: bool
   frames of data/device_preprocess.py). Optional batch['spawn_directions']:
   [B, max_slots, D_s], the same unit rows repeated for every example (so that it is
   sharded like the rest of the batch on any mesh), row r for the r-th child of a
-  boundary step's spawn; by default the directions are drawn from fold_in(state.rng, step).
+  boundary step's spawn; by default the directions are drawn from fold_in(state.rng, step)
+  (`curriculum.unit_directions`): the same on every process, since state.rng is replicated
+  and the process index is not folded in, so all replicas write the same children.
 
   One update s = state.step, in the original's order (docs/method.md §10.3):
     1. at a boundary step, spawn children into the placeholders (error of step s - 1);
