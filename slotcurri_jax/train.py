@@ -209,11 +209,14 @@ def jit_train_step(run: Run, mesh, shardings, num_slots: int | None = None, *,
 
 def stage_train_steps(run: Run, mesh, shardings, *, diagnostics: bool = False
                       ) -> Callable[[int], Callable]:
-  """host step -> the jitted train_step for it: one for the run, or one per stage."""
+  """host step -> the jitted train_step for it: one for the run, or one per stage.
+
+  With `train.active_slots_only`, a stage with all max_slots rows active takes the padded
+  step itself (the same program, so a persistent compilation cache shares it)."""
+  padded = jit_train_step(run, mesh, shardings, diagnostics=diagnostics)
   if not run.config.train.active_slots_only:
-    step_fn = jit_train_step(run, mesh, shardings, diagnostics=diagnostics)
-    return lambda step: step_fn
-  compiled: dict[int, Callable] = {}
+    return lambda step: padded
+  compiled: dict[int, Callable] = {run.config.model.max_slots: padded}
 
   def for_step(step: int) -> Callable:
     k = run.curriculum.num_active_host(step)

@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 
+from slotcurri_jax import train
 from slotcurri_jax import train_state
 from slotcurri_jax.tools import check_fixture
 from slotcurri_jax.tools import trajectory
@@ -22,14 +23,24 @@ def _load(trajectory_dir, name):
     return check_fixture._Loaded(z)
 
 
-def _records(data, config=None):
-  return {r['output']: r for r in trajectory.check_trajectory(None, data, config)}
+def _records(data, config=None, train_step='padded'):
+  return {r['output']: r for r in trajectory.check_trajectory(None, data, config, train_step)}
 
 
-@pytest.mark.parametrize('name', FILES)
-def test_replay_matches_the_original_run(trajectory_dir, name):
+# The active-slots-only step of the SSync file is its padded step: no curriculum, so one
+# stage with all max_slots rows, which train.stage_train_steps serves with the padded
+# program (checked below). The SlotCurri file replays both. Its active-slots-only replay
+# shares the stage K = max_slots with the padded replay (the persistent compilation
+# cache), but compiles the K = 2 and K = 3 steps: ~45 s of CPU with a cold cache, so it is
+# marked slow; the default suite ties that step to the padded one on tiny_config
+# (tests/test_train.py, test_active_slots_only_gives_the_padded_losses...).
+@pytest.mark.parametrize('name,train_step', [
+    (FILES[0], 'padded'),
+    pytest.param(FILES[0], 'active_slots_only', marks=pytest.mark.slow),
+    (FILES[1], 'padded')])
+def test_replay_matches_the_original_run(trajectory_dir, name, train_step):
   data = _load(trajectory_dir, name)
-  records = _records(data)
+  records = _records(data, train_step=train_step)
   failed = {k: r for k, r in records.items() if not r['ok']}
   assert not failed, failed
   steps = data['out/step/loss_total'].shape[0]
@@ -51,6 +62,17 @@ def test_replay_matches_the_original_run(trajectory_dir, name):
 
 def _config(data):
   return trajectory.trajectory_config(json.loads(str(data['config'])))
+
+
+def test_ssync_file_replays_the_padded_program_in_both_train_steps(trajectory_dir, monkeypatch):
+  config = _config(_load(trajectory_dir, 'ssync_trajectory.npz'))
+  config.train.active_slots_only = True
+  built = []  # num_slots of every train step that stage_train_steps builds
+  monkeypatch.setattr(train, 'jit_train_step',
+                      lambda *args, num_slots=None, **kw: built.append(num_slots) or object())
+  step_for = train.stage_train_steps(train.Run.from_config(config), None, None)
+  used = {id(step_for(s)) for s in range(config.train.steps)}
+  assert built == [None] and len(used) == 1  # the padded program (num_slots None) only
 
 
 def test_new_count_on_the_boundary_step_is_caught(trajectory_dir):

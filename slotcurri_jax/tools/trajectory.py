@@ -15,9 +15,15 @@ initial params (through the reference-key import), the token batches (the 'token
 encoder, as a user with precomputed backbone features trains), and the spawn directions
 (batch['spawn_directions']). `check_trajectory` then compares every quantity of the
 fixture README's tolerance table, per step, and yields one record per quantity.
+
+Both train steps are replayed (`TRAIN_STEPS`): the padded one (all max_slots rows,
+inactive ones masked; one compilation) and `train.active_slots_only` (only the stage's
+rows; one compilation per stage), which promises the same losses, so the same
+tolerances apply.
 """
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any, Iterator
 
@@ -30,6 +36,7 @@ from slotcurri_jax import train
 from slotcurri_jax.tools import import_reference
 
 KINDS = ('slotcurri_trajectory', 'ssync_trajectory')
+TRAIN_STEPS = ('padded', 'active_slots_only')
 LABEL_KEYS = ('labels_enc', 'labels_dec', 'labels_enc_merged', 'labels_dec_merged',
               'boundary_mask', 'interior_mask')
 _OUR_AUX = {'boundary_mask': 'boundary', 'interior_mask': 'interior'}
@@ -107,17 +114,20 @@ def trajectory_config(cfg: dict):
   return c
 
 
-def replay(data, config=None) -> dict:
+def replay(data, config=None, train_step: str = 'padded') -> dict:
   """Run the fixture's S updates through the jitted train step.
 
   data: the loaded fixture ({key: array}). config: our config (default: from the
-  fixture's; tests pass a changed one to see the check fail).
+  fixture's; tests pass a changed one to see the check fail). train_step: one of
+  TRAIN_STEPS (sets `train.active_slots_only` on a copy of the config).
   Returns per-step host arrays ('loss_total' ... [S], labels [S, B, T, G, G]), the
   params after each update that the fixture keeps ('params_after' {s: tree}), and the
   placeholders each update started from ('placeholders' [S, max_slots, D_s]).
   """
-  cfg = json.loads(str(data['config']))
-  config = config or trajectory_config(cfg)
+  if train_step not in TRAIN_STEPS:
+    raise ValueError(f'train_step={train_step!r}; choose one of {TRAIN_STEPS}')
+  config = copy.deepcopy(config or trajectory_config(json.loads(str(data['config']))))
+  config.train.active_slots_only = train_step == 'active_slots_only'
   run = train.Run.from_config(config)
   state_dict = {k[len('param/'):]: data[k] for k in data.files if k.startswith('param/')}
   params = import_reference.state_dict_to_params(state_dict, config)
@@ -208,13 +218,21 @@ def _rel_l2_masked(ours: np.ndarray, ref: np.ndarray, mask: np.ndarray | None) -
   return float(np.linalg.norm(ours - ref) / norm) if norm > 0 else float(np.linalg.norm(ours))
 
 
-def check_trajectory(path, data, config=None) -> Iterator[dict]:
-  """Replay `data` and yield one record per quantity of the fixture README's table."""
+def check_every_train_step(path, data) -> Iterator[dict]:
+  """`check_trajectory` with each of TRAIN_STEPS; records name theirs ('train_step')."""
+  for train_step in TRAIN_STEPS:
+    for record in check_trajectory(path, data, train_step=train_step):
+      yield dict(train_step=train_step, **record)
+
+
+def check_trajectory(path, data, config=None, train_step: str = 'padded') -> Iterator[dict]:
+  """Replay `data` through `train_step` (one of TRAIN_STEPS) and yield one record per
+  quantity of the fixture README's table."""
   del path
   for key in ('config', 'in/X_pool', 'in/batch_index', 'out/step/loss_total'):
     if key not in data.files:
       raise FixtureError(f'missing key {key!r}')
-  got = replay(data, config)
+  got = replay(data, config, train_step)
   cfg = json.loads(str(data['config']))
   steps = data['out/step/loss_total'].shape[0]
   for name in ('loss_total', 'loss_mse', 'loss_ss', 'loss_ssim', 'loss_bd', 'loss_in'):
