@@ -33,7 +33,7 @@ def _records(data, config=None, train_step='padded'):
 # stage with all max_slots rows, which train.stage_train_steps serves with the padded
 # program (checked below). The SlotCurri file replays both. Its active-slots-only replay
 # shares the stage K = max_slots with the padded replay (the persistent compilation
-# cache), but compiles the K = 2 and K = 3 steps: ~45 s of CPU with a cold cache, so it is
+# cache), but compiles the K = 2 and K = 3 steps: 43 s of CPU with a cold cache, so it is
 # marked slow; the default suite ties that step to the padded one on tiny_config
 # (tests/test_train.py, test_active_slots_only_gives_the_padded_losses...).
 @pytest.mark.parametrize('name,train_step', [
