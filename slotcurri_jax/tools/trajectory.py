@@ -361,7 +361,6 @@ def _check_params(data, got, param_env) -> Iterator[dict]:
                worst_err_over_tol=worst, ok=bool(ok))
 
 
-
 # ------------------------------------------------------------------ drift (no tolerance)
 
 DRIFT_TERMS = ('loss_total', 'loss_mse', 'loss_ss', 'loss_ssim', 'loss_bd', 'loss_in',
@@ -428,9 +427,10 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   paths = args.files or sorted(str(p) for p in fixtures.fixtures_dir('trajectory').glob('*.npz'))
   out = {}
+  from slotcurri_jax.tools import check_fixture  # it imports this module
   for path in paths:
     with np.load(path, allow_pickle=False) as z:
-      data = _Arrays({k: z[k] for k in z.files})
+      data = check_fixture._Loaded(z)  # pylint: disable=protected-access
     config = trajectory_config(json.loads(str(data['config'])))
     config.model.compute_dtype = args.dtype
     result = drift(data, config, args.train_step)
@@ -443,14 +443,6 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.json, 'w') as f:
       json.dump(out, f, indent=1)
   return 0
-
-
-class _Arrays(dict):
-  """{key: array} with the .files of an np.load result."""
-
-  @property
-  def files(self):
-    return list(self)
 
 
 if __name__ == '__main__':
