@@ -5,7 +5,7 @@ SLOTCURRI_NOTEBOOK_WORKDIR; here 2 steps into a temporary workdir. Its Colab-onl
 skip themselves where they have nothing to do: the repository is the working directory
 (no clone) and slotcurri_jax is installed (no pip install). The kernel is this test's
 Python, started without the tests' 8 fake devices (a user's runtime has one CPU device).
-Marked slow: about 2 minutes with synthetic_movi already generated (README "Tests").
+Marked slow: 1 to 2 minutes with synthetic_movi already generated (README "Tests").
 """
 import json
 import sys
