@@ -230,6 +230,17 @@ def _neighbours(p: jax.Array, num_old: jax.Array, neighbor: str) -> jax.Array:
   return jnp.argmin(jnp.where(candidate, sq, 1e30), axis=-1).astype(jnp.int32)
 
 
+def unit_directions(key: jax.Array, num: int, dim: int) -> jax.Array:
+  """[num, dim] float32 rows uniform on the unit sphere: g / ||g||, g ~ N(0, I).
+
+  The spawn's child directions, row r for the r-th child. In training `key` is
+  fold_in(state.rng, step): the same on every process and device (the state's rng is
+  replicated and no process index is folded in), different at every boundary step.
+  """
+  g = jax.random.normal(key, (num, dim), jnp.float32)
+  return g / jnp.linalg.norm(g, axis=-1, keepdims=True)
+
+
 def spawn(placeholders: jax.Array, errors: jax.Array, num_old: jax.Array | int,
           num_new: jax.Array | int, key: jax.Array, *, scale: float = 0.2,
           neighbor: str = 'cosine_all', norm_rows: str = 'all', mode: str = 'perturb',
@@ -257,7 +268,7 @@ def spawn(placeholders: jax.Array, errors: jax.Array, num_old: jax.Array | int,
     mode: 'perturb' (SlotCurri) | 'none' (simple curriculum: new rows keep their
       initialisation; info still describes the perturbation that was skipped).
     directions: optional [max_slots, slot_dim] unit directions, row r for the r-th
-      child (tests inject the reference draws); otherwise drawn from `key`.
+      child (tests inject the reference draws); otherwise `unit_directions(key, ...)`.
 
   Returns:
     (new placeholders [max_slots, slot_dim], info) with info entries
@@ -281,8 +292,7 @@ def spawn(placeholders: jax.Array, errors: jax.Array, num_old: jax.Array | int,
   child_parent = jnp.where(rows < num_children,
                            jnp.searchsorted(ends, rows, side='right').astype(jnp.int32), -1)
   if directions is None:
-    g = jax.random.normal(key, (k_max, dim), jnp.float32)
-    directions = g / jnp.linalg.norm(g, axis=-1, keepdims=True)
+    directions = unit_directions(key, k_max, dim)
   # Per array row: the parent writing it (-1: none) and its direction.
   child_of_row = jnp.clip(rows - num_old, 0, k_max - 1)
   row_parent = jnp.where(rows >= num_old, child_parent[child_of_row], -1)

@@ -148,7 +148,9 @@ def make_train_step(run: Run, num_slots: int | None = None, *, diagnostics: bool
   frames of data/device_preprocess.py). Optional batch['spawn_directions']:
   [B, max_slots, D_s], the same unit rows repeated for every example (so that it is
   sharded like the rest of the batch on any mesh), row r for the r-th child of a
-  boundary step's spawn; by default the directions are drawn from fold_in(state.rng, step).
+  boundary step's spawn; by default the directions are drawn from fold_in(state.rng, step)
+  (`curriculum.unit_directions`): the same on every process, since state.rng is replicated
+  and the process index is not folded in, so all replicas write the same children.
 
   One update s = state.step, in the original's order (docs/method.md §10.3):
     1. at a boundary step, spawn children into the placeholders (error of step s - 1);
@@ -223,11 +225,14 @@ def jit_train_step(run: Run, mesh, shardings, num_slots: int | None = None, *,
 
 def stage_train_steps(run: Run, mesh, shardings, *, diagnostics: bool = False
                       ) -> Callable[[int], Callable]:
-  """host step -> the jitted train_step for it: one for the run, or one per stage."""
+  """host step -> the jitted train_step for it: one for the run, or one per stage.
+
+  With `train.active_slots_only`, a stage with all max_slots rows active takes the padded
+  step itself (the same program, so a persistent compilation cache shares it)."""
+  padded = jit_train_step(run, mesh, shardings, diagnostics=diagnostics)
   if not run.config.train.active_slots_only:
-    step_fn = jit_train_step(run, mesh, shardings, diagnostics=diagnostics)
-    return lambda step: step_fn
-  compiled: dict[int, Callable] = {}
+    return lambda step: padded
+  compiled: dict[int, Callable] = {run.config.model.max_slots: padded}
 
   def for_step(step: int) -> Callable:
     k = run.curriculum.num_active_host(step)

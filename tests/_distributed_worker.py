@@ -6,7 +6,8 @@ r"""One process of a multi-process CPU training run, started by tests/test_distr
 Every process builds the same global batches (`fake_batches`), passes only its own
 contiguous rows through `parallel.host_to_global`, and runs `train.jit_train_step`.
 Process 0 alone writes DIR/metrics.json (the per-step metrics, whether the global
-batch reassembled in process order, whether every process saw the same metrics) and
+batch reassembled in process order, whether every process saw the same metrics and
+holds the same placeholders after the spawn at update 2, the initial placeholders) and
 DIR/final_params.npz (the gathered params after the last step, keyed by param path).
 With --checkpoint_dir every process takes part in one orbax save of the final state
 (orbax decides which process writes what).
@@ -122,6 +123,7 @@ def main(argv) -> None:
   step_fn = train.jit_train_step(run, mesh, shardings)
   _log('state created')
 
+  initial_placeholders = _local_placeholders(state)
   rows = config.data.batch_size // count
   batch_order_ok = True
   history = []
@@ -140,6 +142,10 @@ def main(argv) -> None:
   mine = np.asarray([[h[k] for k in METRIC_KEYS] for h in history], np.float64)
   everyone = multihost_utils.process_allgather(mine)  # [processes, steps, keys]
   same_on_all = bool(np.all(everyone == everyone[0]))
+  # Each process's own copy of the replicated placeholders, which the spawn at update 2
+  # wrote from the state's key: every process must have written the same children.
+  copies = multihost_utils.process_allgather(_local_placeholders(state))
+  same_placeholders = bool(np.all(copies == copies[0]))
 
   final_params = parallel.global_to_host(state.params)  # a collective: every process calls it
 
@@ -155,11 +161,18 @@ def main(argv) -> None:
     (out / 'metrics.json').write_text(json.dumps({
         'process_count': count, 'device_count': jax.device_count(),
         'batch_order_ok': batch_order_ok, 'same_on_all_processes': same_on_all,
+        'same_placeholders_on_all_processes': same_placeholders,
+        'initial_placeholders': initial_placeholders.tolist(),
         'history': history, 'final_step': int(jax.device_get(state.step))}))
     flat = jax.tree_util.tree_flatten_with_path(final_params)[0]
     np.savez(out / 'final_params.npz', **{parallel.path_name(k): np.asarray(v) for k, v in flat})
   jax.distributed.shutdown()
   _log('shut down')
+
+
+def _local_placeholders(state) -> np.ndarray:
+  """This process's copy of the placeholders [max_slots, D_s] (replicated: one shard)."""
+  return np.asarray(state.params['initializer']['placeholders'].addressable_shards[0].data)
 
 
 def _train_loop(args, config, train) -> None:

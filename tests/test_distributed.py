@@ -151,6 +151,12 @@ def test_two_processes_give_the_one_process_losses(reference, tmp_path):
   assert (result['process_count'], result['device_count']) == (2, 4)
   assert result['batch_order_ok'], 'host rows did not land at their global batch positions'
   assert result['same_on_all_processes'], 'processes disagree on the replicated metrics'
+  # The spawn at update 2 drew its directions from the state's key, the same on every
+  # process (docs/method.md §7.5): the same children everywhere (and, by the params check
+  # below, the one-process ones).
+  assert result['same_placeholders_on_all_processes'], 'processes spawned different children'
+  final = reference['params']['initializer']['placeholders']
+  assert not np.allclose(final[2], result['initial_placeholders'][2]), 'no spawn at update 2'
   assert result['final_step'] == STEPS
   _assert_same_losses(result['history'], reference['history'], STEPS)
   assert sorted(p.name for p in out.iterdir()) == ['final_params.npz', 'metrics.json']

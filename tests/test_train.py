@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
+from slotcurri_jax import curriculum as curriculum_lib
 from slotcurri_jax import parallel
 from slotcurri_jax import train
 from slotcurri_jax import train_state as train_state_lib
@@ -173,30 +174,82 @@ def test_active_slots_only_gives_the_padded_losses_with_one_compile_per_stage(va
   assert int(state.step) == int(padded_state.step) == 6
 
 
-def test_injected_spawn_directions_on_eight_devices():
-  """batch['spawn_directions'] ([B, max_slots, D_s], sharded like the batch): 5 rows on 8
-  devices work, and the spawned rows equal the one-device ones (and differ from the
-  key-drawn default)."""
+def _spawn_config():
+  """tiny_config with a global batch of 8 and two spawns, at the start of updates 1 and 2."""
   config = tiny_config()
   config.data.batch_size = 8
   config.loss.contrast_group_size = 4
-  config.curriculum.schedule = ((0, 2), (1, 5))  # spawn at the start of update 1
-  batches = _fake_batches(config, 2, seed=2)
-  directions = np.random.default_rng(3).normal(size=(5, config.model.slot_dim))
+  config.curriculum.schedule = ((0, 2), (1, 3), (2, 5))
+  return config
+
+
+def _spawn_run(mesh, directions=None):
+  """Three updates of _spawn_config on `mesh` with the diagnostics; directions: the unit
+  rows to inject ([max_slots, D_s]) or None (drawn from the state's key). Per update:
+  the placeholders, error record and rng it started from, and its metrics."""
+  config = _spawn_config()
+  run = train.Run.from_config(config)
+  state, shardings = train.create_state(run, mesh, jax.random.PRNGKey(0))
+  step_fn = train.jit_train_step(run, mesh, shardings, diagnostics=True)
+  updates = []
+  for batch in _fake_batches(config, 3, seed=2):
+    if directions is not None:
+      batch = dict(batch, spawn_directions=np.repeat(directions[None], len(batch['video']), 0))
+    before = jax.device_get(dict(placeholders=state.params['initializer']['placeholders'],
+                                 record=state.slot_error, rng=state.rng))
+    state, metrics = step_fn(state, parallel.host_to_global(batch, mesh))
+    updates.append(dict(before, metrics=jax.device_get(metrics)))
+  return updates
+
+
+@pytest.fixture(scope='module')
+def drawn_spawns():
+  """_spawn_run on one device with the directions drawn from the state's key."""
+  return _spawn_run(parallel.create_mesh(devices=jax.devices()[:1]))
+
+
+def test_injected_spawn_directions_on_eight_devices(drawn_spawns):
+  """batch['spawn_directions'] ([B, max_slots, D_s], sharded like the batch): 5 rows on 8
+  devices work, and the spawned rows equal the one-device ones (and differ from the
+  key-drawn default)."""
+  directions = np.random.default_rng(3).normal(size=(5, _spawn_config().model.slot_dim))
   directions = (directions / np.linalg.norm(directions, axis=-1, keepdims=True)).astype(np.float32)
+  one = _spawn_run(parallel.create_mesh(devices=jax.devices()[:1]), directions)
+  eight = _spawn_run(parallel.create_mesh(), directions)
+  for a, b, drawn in zip(one, eight, drawn_spawns):
+    np.testing.assert_allclose(b['metrics']['placeholders'], a['metrics']['placeholders'],
+                               rtol=1e-6, atol=1e-7)
+  assert not np.allclose(drawn['metrics']['placeholders'][3:], a['metrics']['placeholders'][3:])
 
-  def spawned(mesh, inject):
-    run = train.Run.from_config(config)
-    state, shardings = train.create_state(run, mesh, jax.random.PRNGKey(0))
-    step_fn = train.jit_train_step(run, mesh, shardings, diagnostics=True)
-    for batch in batches:
-      if inject:
-        batch = dict(batch, spawn_directions=np.repeat(directions[None], len(batch['video']), 0))
-      state, metrics = step_fn(state, parallel.host_to_global(batch, mesh))
-    return np.asarray(jax.device_get(metrics['placeholders']))
 
-  one = spawned(parallel.create_mesh(devices=jax.devices()[:1]), True)
-  eight = spawned(parallel.create_mesh(), True)
-  drawn = spawned(parallel.create_mesh(devices=jax.devices()[:1]), False)
-  np.testing.assert_allclose(eight, one, rtol=1e-6, atol=1e-7)
-  assert not np.allclose(drawn[2:], one[2:])
+def test_drawn_spawn_directions_are_unit_counted_and_new_at_each_boundary(drawn_spawns):
+  """Without batch['spawn_directions'] the train step draws each boundary's directions
+  from fold_in(state.rng, step) (docs/method.md §7.5): unit rows, one per child, the
+  counts allocated from the recorded error, other directions at the next boundary.
+  (That every process draws the same ones: tests/test_distributed.py.)"""
+  curriculum = train.Run.from_config(_spawn_config()).curriculum
+  spawn = jax.jit(curriculum_lib.spawn)
+  used = {}
+  for step, (k_old, k_new) in zip(curriculum.boundaries, ((2, 3), (3, 5))):
+    u = drawn_spawns[step]
+    p, after = u['placeholders'], u['metrics']['placeholders']
+    counts = np.asarray(u['metrics']['spawn_counts'])
+    # The right count per parent: the error record's allocation, k_new - k_old in all.
+    want = curriculum_lib.allocate_children(np.mean(u['record'], axis=0), k_old, k_new - k_old)
+    np.testing.assert_array_equal(counts, want)
+    assert counts.sum() == k_new - k_old and np.all(counts[k_old:] == 0)
+    # Each child is its parent moved by exactly sigma: a unit direction.
+    directions = curriculum_lib.unit_directions(jax.random.fold_in(u['rng'], step), *p.shape)
+    replayed, info = spawn(p, np.mean(u['record'], axis=0), k_old, k_new, jax.random.PRNGKey(7),
+                           directions=directions)
+    np.testing.assert_allclose(after, replayed, rtol=1e-6, atol=1e-7)  # the key's draws
+    parents = np.repeat(np.arange(k_old), counts[:k_old])
+    for r, parent in enumerate(parents):
+      moved = after[k_old + r] - p[parent]
+      np.testing.assert_allclose(np.linalg.norm(moved), info['sigma'][parent], rtol=1e-5)
+      assert info['sigma'][parent] > 0
+      used.setdefault(step, []).append(moved / info['sigma'][parent])
+    np.testing.assert_array_equal(after[k_new:], p[k_new:])
+  first, second = (np.stack(v) for v in used.values())
+  # A new draw at the next boundary: no direction of update 2 repeats update 1's.
+  assert np.all(np.abs(second @ first.T) < 0.99), second @ first.T

@@ -7,11 +7,14 @@ change one rule of the training loop and check that the replay notices.
 """
 import json
 
+import jax
 import numpy as np
 import pytest
 
+from slotcurri_jax import train
 from slotcurri_jax import train_state
 from slotcurri_jax.tools import check_fixture
+from slotcurri_jax.tools import import_reference
 from slotcurri_jax.tools import trajectory
 
 FILES = ('train_trajectory.npz', 'ssync_trajectory.npz')
@@ -22,14 +25,24 @@ def _load(trajectory_dir, name):
     return check_fixture._Loaded(z)
 
 
-def _records(data, config=None):
-  return {r['output']: r for r in trajectory.check_trajectory(None, data, config)}
+def _records(data, config=None, train_step='padded'):
+  return {r['output']: r for r in trajectory.check_trajectory(None, data, config, train_step)}
 
 
-@pytest.mark.parametrize('name', FILES)
-def test_replay_matches_the_original_run(trajectory_dir, name):
+# The active-slots-only step of the SSync file is its padded step: no curriculum, so one
+# stage with all max_slots rows, which train.stage_train_steps serves with the padded
+# program (checked below). The SlotCurri file replays both. Its active-slots-only replay
+# shares the stage K = max_slots with the padded replay (the persistent compilation
+# cache), but compiles the K = 2 and K = 3 steps: 43 s of CPU with a cold cache, so it is
+# marked slow; the default suite ties that step to the padded one on tiny_config
+# (tests/test_train.py, test_active_slots_only_gives_the_padded_losses...).
+@pytest.mark.parametrize('name,train_step', [
+    (FILES[0], 'padded'),
+    pytest.param(FILES[0], 'active_slots_only', marks=pytest.mark.slow),
+    (FILES[1], 'padded')])
+def test_replay_matches_the_original_run(trajectory_dir, name, train_step):
   data = _load(trajectory_dir, name)
-  records = _records(data)
+  records = _records(data, train_step=train_step)
   failed = {k: r for k, r in records.items() if not r['ok']}
   assert not failed, failed
   steps = data['out/step/loss_total'].shape[0]
@@ -51,6 +64,17 @@ def test_replay_matches_the_original_run(trajectory_dir, name):
 
 def _config(data):
   return trajectory.trajectory_config(json.loads(str(data['config'])))
+
+
+def test_ssync_file_replays_the_padded_program_in_both_train_steps(trajectory_dir, monkeypatch):
+  config = _config(_load(trajectory_dir, 'ssync_trajectory.npz'))
+  config.train.active_slots_only = True
+  built = []  # num_slots of every train step that stage_train_steps builds
+  monkeypatch.setattr(train, 'jit_train_step',
+                      lambda *args, num_slots=None, **kw: built.append(num_slots) or object())
+  step_for = train.stage_train_steps(train.Run.from_config(config), None, None)
+  used = {id(step_for(s)) for s in range(config.train.steps)}
+  assert built == [None] and len(used) == 1  # the padded program (num_slots None) only
 
 
 def test_new_count_on_the_boundary_step_is_caught(trajectory_dir):
@@ -124,3 +148,31 @@ def test_check_fixture_bad_input_gets_one_line(trajectory_dir, tmp_path, capsys)
     assert check_fixture.main([path]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f'check_fixture: {path}: ') and words in err[0], err
+
+
+def test_drift_report_measures_what_it_is_given(trajectory_dir, monkeypatch, tmp_path, capsys):
+  """The drift report's arithmetic and printout, without a replay: a 'replay' whose
+  losses are the fixture's times 1.001 and whose final params are its times 1.002."""
+  path = trajectory_dir / 'ssync_trajectory.npz'
+  data = _load(trajectory_dir, 'ssync_trajectory.npz')
+  config = _config(data)
+  final = {k[len('final/'):]: data[k] for k in data.files if k.startswith('final/')}
+  params = import_reference.state_dict_to_params(final, config)
+  got = {name: data[f'out/step/{name}'].astype(np.float64) * 1.001 for name in trajectory.DRIFT_TERMS
+         if f'out/step/{name}' in data.files}
+  got.update(params_after={29: jax.tree.map(lambda x: np.asarray(x) * 1.002, params)},
+             config=config)
+  monkeypatch.setattr(trajectory, 'replay', lambda *args: got)
+  out_json = tmp_path / 'drift.json'
+  assert trajectory.main([str(path), '--dtype=bfloat16', f'--json={out_json}']) == 0
+  result = json.loads(out_json.read_text())[str(path)]
+  assert set(result['per_step']) == {'loss_total', 'loss_mse', 'loss_ss', 'loss_bd', 'loss_in',
+                                     'grad_norm'}
+  for quantity in result['per_step'].values():
+    np.testing.assert_allclose(quantity['rel'], 1e-3, rtol=1e-6)
+  # float32 params: 1.002 x is rounded to within 6e-8 relative of each value.
+  np.testing.assert_allclose(list(result['final_params'].values()), 2e-3, rtol=1e-4)
+  printed = capsys.readouterr().out.splitlines()
+  assert printed[0].startswith(f'{path}: padded train step, bfloat16 compute, 30 updates')
+  assert len(printed) == 2 + 30 + 4 + 2  # title, header, 30 updates, 4 summaries, 2 notes
+  assert printed[-1].startswith('final params, relative L2 per tensor (45 tensors): max 2.00e-03')

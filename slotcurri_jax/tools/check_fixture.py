@@ -9,7 +9,8 @@ ssync_trajectory), rebuild what it tests from the file's own `config` (never fro
 sizes), run it, and print one JSON line per output:
   {"file", "kind", "output", ..., "ok"}
 Single-step kinds give max_abs_err, rel_l2_err and tol; trajectories are replayed
-through the train step that trains (tools/trajectory.py) and give, per quantity, the
+through the train step that trains (tools/trajectory.py), padded and with
+train.active_slots_only (the record's "train_step"), and give, per quantity, the
 worst step with its error and tolerance. The exit status is 1 when any output exceeds
 its tolerance (fixtures/README.md; exact equality for labels, masks and indices), 2 when
 a file cannot be checked (one line on stderr names the file and the problem), else 0.
@@ -411,8 +412,8 @@ CHECKS: dict[str, Callable[[pathlib.Path, Any], Iterator[dict]]] = {
     'ssync_merge': check_ssync_merge,
     'metrics': check_metrics,
     'resize': check_resize,
-    'slotcurri_trajectory': trajectory.check_trajectory,
-    'ssync_trajectory': trajectory.check_trajectory,
+    'slotcurri_trajectory': trajectory.check_every_train_step,
+    'ssync_trajectory': trajectory.check_every_train_step,
 }
 
 

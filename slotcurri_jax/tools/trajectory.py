@@ -15,21 +15,40 @@ initial params (through the reference-key import), the token batches (the 'token
 encoder, as a user with precomputed backbone features trains), and the spawn directions
 (batch['spawn_directions']). `check_trajectory` then compares every quantity of the
 fixture README's tolerance table, per step, and yields one record per quantity.
+
+Both train steps are replayed (`TRAIN_STEPS`): the padded one (all max_slots rows,
+inactive ones masked; one compilation) and `train.active_slots_only` (only the stage's
+rows; one compilation per stage), which promises the same losses, so the same
+tolerances apply.
+
+`drift` measures, without any tolerance, how far a replay with another compute dtype
+(bfloat16) strays from the float32 fixture; from the command line:
+
+  python -m slotcurri_jax.tools.trajectory --dtype=bfloat16 [--train_step=padded] [FILE.npz ...]
+
+prints, per file and update, the relative deviation of each loss term and of the
+gradient norm, their maxima (relative and absolute), and the relative L2 deviation of
+the final parameters per tensor (fixtures/README.md, "bfloat16").
 """
 from __future__ import annotations
 
+import argparse
+import copy
 import json
+import sys
 from typing import Any, Iterator
 
 import jax
 import numpy as np
 
 from slotcurri_jax import config as config_lib
+from slotcurri_jax import fixtures
 from slotcurri_jax import parallel
 from slotcurri_jax import train
 from slotcurri_jax.tools import import_reference
 
 KINDS = ('slotcurri_trajectory', 'ssync_trajectory')
+TRAIN_STEPS = ('padded', 'active_slots_only')
 LABEL_KEYS = ('labels_enc', 'labels_dec', 'labels_enc_merged', 'labels_dec_merged',
               'boundary_mask', 'interior_mask')
 _OUR_AUX = {'boundary_mask': 'boundary', 'interior_mask': 'interior'}
@@ -107,17 +126,20 @@ def trajectory_config(cfg: dict):
   return c
 
 
-def replay(data, config=None) -> dict:
+def replay(data, config=None, train_step: str = 'padded') -> dict:
   """Run the fixture's S updates through the jitted train step.
 
   data: the loaded fixture ({key: array}). config: our config (default: from the
-  fixture's; tests pass a changed one to see the check fail).
+  fixture's; tests pass a changed one to see the check fail). train_step: one of
+  TRAIN_STEPS (sets `train.active_slots_only` on a copy of the config).
   Returns per-step host arrays ('loss_total' ... [S], labels [S, B, T, G, G]), the
   params after each update that the fixture keeps ('params_after' {s: tree}), and the
   placeholders each update started from ('placeholders' [S, max_slots, D_s]).
   """
-  cfg = json.loads(str(data['config']))
-  config = config or trajectory_config(cfg)
+  if train_step not in TRAIN_STEPS:
+    raise ValueError(f'train_step={train_step!r}; choose one of {TRAIN_STEPS}')
+  config = copy.deepcopy(config or trajectory_config(json.loads(str(data['config']))))
+  config.train.active_slots_only = train_step == 'active_slots_only'
   run = train.Run.from_config(config)
   state_dict = {k[len('param/'):]: data[k] for k in data.files if k.startswith('param/')}
   params = import_reference.state_dict_to_params(state_dict, config)
@@ -208,13 +230,21 @@ def _rel_l2_masked(ours: np.ndarray, ref: np.ndarray, mask: np.ndarray | None) -
   return float(np.linalg.norm(ours - ref) / norm) if norm > 0 else float(np.linalg.norm(ours))
 
 
-def check_trajectory(path, data, config=None) -> Iterator[dict]:
-  """Replay `data` and yield one record per quantity of the fixture README's table."""
+def check_every_train_step(path, data) -> Iterator[dict]:
+  """`check_trajectory` with each of TRAIN_STEPS; records name theirs ('train_step')."""
+  for train_step in TRAIN_STEPS:
+    for record in check_trajectory(path, data, train_step=train_step):
+      yield dict(train_step=train_step, **record)
+
+
+def check_trajectory(path, data, config=None, train_step: str = 'padded') -> Iterator[dict]:
+  """Replay `data` through `train_step` (one of TRAIN_STEPS) and yield one record per
+  quantity of the fixture README's table."""
   del path
   for key in ('config', 'in/X_pool', 'in/batch_index', 'out/step/loss_total'):
     if key not in data.files:
       raise FixtureError(f'missing key {key!r}')
-  got = replay(data, config)
+  got = replay(data, config, train_step)
   cfg = json.loads(str(data['config']))
   steps = data['out/step/loss_total'].shape[0]
   for name in ('loss_total', 'loss_mse', 'loss_ss', 'loss_ssim', 'loss_bd', 'loss_in'):
@@ -330,3 +360,90 @@ def _check_params(data, got, param_env) -> Iterator[dict]:
     yield dict(output=f'{prefix}/* (rel L2 per tensor, step {step})', worst_tensor=worst_key,
                worst_err_over_tol=worst, ok=bool(ok))
 
+
+# ------------------------------------------------------------------ drift (no tolerance)
+
+DRIFT_TERMS = ('loss_total', 'loss_mse', 'loss_ss', 'loss_ssim', 'loss_bd', 'loss_in',
+               'grad_norm')
+
+
+def drift(data, config=None, train_step: str = 'padded') -> dict:
+  """How far a replay (e.g. with model.compute_dtype='bfloat16') strays from the fixture.
+
+  Returns {'per_step': {quantity: {'abs': [S], 'rel': [S], 'float32_envelope': [S]}},
+  'final_params': {tensor: relative L2 deviation}} for every loss term the fixture has
+  and the gradient norm; the envelope is the spread of equally valid float32 runs of
+  the original (its check tolerance is 20 times that). Zero-gradient coordinates
+  (meta/zero_grad_mask) are left out of the parameters, as in the check.
+  """
+  got = replay(data, config, train_step)
+  steps = data['out/step/loss_total'].shape[0]
+  per_step = {}
+  for name in DRIFT_TERMS:
+    if f'out/step/{name}' in data.files:
+      ours = np.asarray(got[name], np.float64)
+      ref = np.asarray(data[f'out/step/{name}'], np.float64)
+      err = np.abs(ours - ref)
+      per_step[name] = {'abs': err, 'rel': err / np.maximum(np.abs(ref), 1e-30),
+                        'float32_envelope': _envelope(data, name, steps)}
+  final = import_reference.params_to_state_dict(got['params_after'][max(got['params_after'])],
+                                                got['config'])
+  params = {}
+  for key, value in final.items():
+    mask = data[f'meta/zero_grad_mask/{key}'] if f'meta/zero_grad_mask/{key}' in data.files else None
+    params[key] = _rel_l2_masked(value, data[f'final/{key}'], mask)
+  return {'per_step': per_step, 'final_params': params}
+
+
+def _print_drift(path, result: dict, dtype: str, train_step: str) -> None:
+  per_step, params = result['per_step'], result['final_params']
+  names = list(per_step)
+  steps = len(per_step['loss_total']['rel'])
+  print(f'{path}: {train_step} train step, {dtype} compute, {steps} updates; '
+        'relative deviation from the fixture')
+  row = lambda label, cells: print(f'{label:>8} ' + ' '.join(f'{c:>11}' for c in cells))
+  row('update', names)
+  for s in range(steps):
+    row(s, (f'{per_step[n]["rel"][s]:.2e}' for n in names))
+  row('max rel', (f'{per_step[n]["rel"].max():.2e}' for n in names))
+  row('at upd', (int(per_step[n]['rel'].argmax()) for n in names))
+  row('max abs', (f'{per_step[n]["abs"].max():.2e}' for n in names))
+  row('f32 env', (f'{per_step[n]["float32_envelope"].max():.2e}' for n in names))
+  print('(f32 env: the largest relative spread of equally valid float32 runs of the original)')
+  worst = max(params, key=params.get)
+  print(f'final params, relative L2 per tensor ({len(params)} tensors): max {params[worst]:.2e} '
+        f'({worst}), median {float(np.median(list(params.values()))):.2e}')
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+      description='Replay the whole-run fixtures and print how far the run strays from them '
+                  '(no pass/fail; python -m slotcurri_jax.tools.check_fixture checks float32).')
+  parser.add_argument('files', nargs='*', help='trajectory .npz files (default: all shipped)')
+  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
+                      help='model.compute_dtype of the replay')
+  parser.add_argument('--train_step', default='padded', choices=TRAIN_STEPS)
+  parser.add_argument('--json', default='', help='also write the numbers to this file')
+  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  paths = args.files or sorted(str(p) for p in fixtures.fixtures_dir('trajectory').glob('*.npz'))
+  out = {}
+  from slotcurri_jax.tools import check_fixture  # it imports this module
+  for path in paths:
+    with np.load(path, allow_pickle=False) as z:
+      data = check_fixture._Loaded(z)  # pylint: disable=protected-access
+    config = trajectory_config(json.loads(str(data['config'])))
+    config.model.compute_dtype = args.dtype
+    result = drift(data, config, args.train_step)
+    _print_drift(path, result, args.dtype, args.train_step)
+    out[path] = {'dtype': args.dtype, 'train_step': args.train_step,
+                 'per_step': {n: {k: v.tolist() for k, v in q.items()}
+                              for n, q in result['per_step'].items()},
+                 'final_params': result['final_params']}
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(out, f, indent=1)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
