@@ -124,15 +124,17 @@ def markdown(results: list[dict]) -> str:
     train = [v for k, v in r['steps'].items() if k.startswith('train')][-1]
     evaluation = r['steps'].get('eval')
     d = train['default']
+    eval_seconds = f'{evaluation["default"]["compile_seconds"]:.0f}' if evaluation else '-'
+    compiled = d['flops_per_device'] is not None  # None: the compiler ran out of HBM
+    flops = f'{d["flops_per_device"] / 1e12:.2f}' if compiled else '-'
+    bound = f'{1e3 * d["lower_bound_step_seconds"]:.0f}' if compiled else '-'
     note = ''.join(f' ({k}={v})' for k, v in r['overrides'].items())
     lines.append(
         f'| `{r["config"]}`{note} | {r["topology"]} ({r["chips"]}) | {d["per_device_batch"]} | '
         f'{_fit_cell(train)} | {_fit_cell(evaluation) if evaluation else "not compiled yet"} | '
-        f'{d["flops_per_device"] / 1e12:.2f} / {d["counted_flops_per_device"] / 1e12:.2f} | '
-        f'{1e3 * d["lower_bound_step_seconds"]:.0f} | '
+        f'{flops} / {d["counted_flops_per_device"] / 1e12:.2f} | {bound} | '
         f'{sum(d["collective_bytes_per_device"].values()) / 1e6:.1f} | '
-        f'{d["compile_seconds"]:.0f}, '
-        f'{evaluation["default"]["compile_seconds"] if evaluation else float("nan"):.0f} |')
+        f'{d["compile_seconds"]:.0f}, {eval_seconds} |')
   return '\n'.join(lines)
 
 

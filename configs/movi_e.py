@@ -11,8 +11,8 @@ Weights: DINOv2 ViT-B/14. 300k steps; curriculum 2 -> 7 -> 15 at 30k / 75k; SSyn
 TPU (compiled for the slice by XLA's TPU compiler on a CPU, not run; docs/scaling.md):
   python -m slotcurri_jax.tools.aot --config=configs/movi_e.py --topology=v5e-8
 SlotCurri at the paper batch fits the smallest slices compiled with the default options:
-v5e-8 (8 chips, 16 clips each: 11.8 of 16 GiB per chip), v4-8 and v5p-8 (4 chips: 23.2
-GiB of 32 / 95).
+v5e-8 (8 chips, 16 clips each: 11.8 of 16 GiB per chip) and v5p-8 (4 chips, 32 clips each:
+23.2 of 95 GiB).
 
 Expected video FG-ARI / video mBO on the 250 validation videos at 336 px (docs/method.md §13):
   slotcurri        83.7 +- 0.2 / 28.9
