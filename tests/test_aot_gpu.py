@@ -102,7 +102,9 @@ def test_gpu_library_calls_and_known_trip_counts_are_counted():
   stats = costs.stats(_GPU_HLO)
   scan = 7 * 2 * 16 * 64 * 64  # the loop's bound is in a fusion: known_trip_count says 7
   bmm = 2 * 4 * 32 * 24 * 48
-  conv = 2 * (4 * 20 * 20 * 32) * (3 * 3 * 16)  # forward; each gradient costs the same
+  # Forward, and each gradient the same: 3 x 3 taps with padding 1 over 20 x 20, of which
+  # (20 x 3 - 2)^2 (output, tap) pairs land on real pixels, x batch 4 x 32 out x 16 in.
+  conv = 2 * 4 * 32 * 16 * (20 * 3 - 2) ** 2
   assert stats.loops == [('body', 7)]
   assert stats.flops == scan + bmm + 3 * conv
   # Without the compiler's trip count the condition's fusion is not read: counted once.
@@ -151,7 +153,9 @@ def test_a_small_function_compiles_for_h100_and_its_flops_are_counted():
   assert '__cudnn$convBackwardFilter' in text
   stats = costs.stats(text)
   assert stats.loops[0][1] == 7 and stats.unknown_trip_counts == 0
-  conv = 2 * (4 * 20 * 20 * 32) * (3 * 3 * 16)  # forward; each gradient costs the same
+  # Forward, and each gradient the same: 3 x 3 taps with padding 1 over 20 x 20, of which
+  # (20 x 3 - 2)^2 (output, tap) pairs land on real pixels, x batch 4 x 32 out x 16 in.
+  conv = 2 * 4 * 32 * 16 * (20 * 3 - 2) ** 2
   assert stats.flops == 7 * 2 * 16 * 64 * 64 + 3 * conv
   assert compiled.memory_analysis().argument_size_in_bytes == 4 * (16 * 64 + 4 * 20 * 20 * 16 +
                                                                    3 * 3 * 16 * 32)
