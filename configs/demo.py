@@ -12,12 +12,13 @@ while a second run shared them, about 2 GB peak RSS). The CNN's reconstruction t
 (an 8x8 grid, D_f = 192), so the slot stack is the papers' at a small size: D_s 64,
 7 slots, decoder 256x3.
 
-Measured at this release, seeds 0 and 1 (video FG-ARI / video mBO x 100, fragmentation;
-README "Results"; the seed-to-seed spread is larger than the differences between methods):
+Measured (video FG-ARI / video mBO x 100, fragmentation; README "Results"; the
+seed-to-seed spread is larger than the differences between methods), seeds 0 and 1:
   slotcurri (default)  24.0 / 14.4, 0.052 and 19.8 / 13.0, 0.022   (cyclic rollout)
   slotcontrast         22.4 / 14.2, 0.035 and 19.3 / 12.5, 0.016   (forward rollout)
-  ssync (tau 0.7)      12.5 /  8.4, 0.004 and 23.2 / 11.4, 0.010
-  slotcurri_ssync      11.9 /  7.6, 0.000 and  1.9 /  6.4, 0.003
+and seed 0 only since SSync's merge takes the original's tie-break:
+  ssync (tau 0.7)      17.1 /  8.9, 0.017
+  slotcurri_ssync      13.1 /  7.7, 0.003
 The papers' numbers are for DINOv2 features on MOVi (configs/movi_c.py), not this demo.
 """
 from slotcurri_jax import config as config_lib

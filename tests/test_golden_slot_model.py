@@ -66,7 +66,8 @@ def test_check_fixture_cli_passes_on_the_fixtures(fixtures_dir, capsys):
   assert check_fixture.main(files) == 0
   records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
   kinds = {r['kind'] for r in records}
-  assert kinds == {'slot_model', 'dinov2_vit', 'spawn', 'ssync', 'metrics'}
+  assert kinds == {'slot_model', 'dinov2_vit', 'spawn', 'ssync', 'ssync_merge', 'metrics',
+                   'resize'}
   for record in records:
     assert set(record) >= {'file', 'kind', 'output', 'max_abs_err', 'rel_l2_err', 'tol', 'ok'}
     assert record['ok'] is True, record  # every output of every kind is checked

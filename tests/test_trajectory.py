@@ -120,6 +120,7 @@ def test_check_fixture_finds_every_fixture_in_the_repository():
       kinds[path.name] = check_fixture.detect_kind(check_fixture._Loaded(z))
   assert kinds == {'dinov2_vit.npz': 'dinov2_vit', 'metrics.npz': 'metrics',
                    'slot_model.npz': 'slot_model', 'spawn.npz': 'spawn', 'ssync.npz': 'ssync',
+                   'ssync_merge.npz': 'ssync_merge', 'resize.npz': 'resize',
                    'train_trajectory.npz': 'slotcurri_trajectory',
                    'ssync_trajectory.npz': 'ssync_trajectory'}
 
