@@ -241,8 +241,8 @@ class Program:
     counts = sorted({k for _, k in self.run.curriculum.schedule})
     return [f'train (K={k})' for k in counts] + ['eval']
 
-  def _lowerable(self, step: str) -> tuple[Callable, tuple]:
-    """(function to trace, its abstract arguments) of one step."""
+  def _lowerable(self, step: str) -> tuple[Callable, Callable, tuple]:
+    """(jitted step, the same step unjitted, its abstract arguments) of one step."""
     if step == 'eval':
       predictor = evaluate_lib.make_predictor(self.config, self.run, self.mesh)
       replicated = parallel.replicated(self.mesh)
@@ -250,16 +250,17 @@ class Program:
               jax.ShapeDtypeStruct((self.config.model.max_slots,), jnp.bool_,
                                    sharding=replicated),
               self.eval_batch['num_frames'])
-      return predictor, args
-    k = re.search(r'K=(\d+)', step)
+      return predictor, predictor.predict, args
+    k = re.search(r'K=(\d+)', step)  # 'train (K=3)': a curriculum stage's step
+    num_slots = int(k.group(1)) if k else None
     shardings = jax.tree.map(lambda x: x.sharding, self.state)
-    jitted = train.jit_train_step(self.run, self.mesh, shardings,
-                                  num_slots=int(k.group(1)) if k else None)
-    return jitted, (self.state, self.train_batch)
+    jitted = train.jit_train_step(self.run, self.mesh, shardings, num_slots=num_slots)
+    return (jitted, train.make_train_step(self.run, num_slots),
+            (self.state, self.train_batch))
 
   def lower(self, step: str) -> jax.stages.Lowered:
     """`step` lowered for the topology (seconds; its text identifies the program)."""
-    fn, args = self._lowerable(step)
+    fn, _, args = self._lowerable(step)
     return fn.lower(*args)
 
   def compile(self, step: str, options: dict | None = None,
@@ -267,9 +268,7 @@ class Program:
     """Compile `step` for the topology and report what it needs per device. A step whose
     temporaries alone exceed the chip's HBM does not compile (the TPU compiler says so): its
     report takes the compiler's figure, with the arguments, and no compiled FLOPs."""
-    fn, args = self._lowerable(step)
-    traced = fn.predict if step == 'eval' else train.make_train_step(
-        self.run, *([int(re.search(r'K=(\d+)', step).group(1))] if 'K=' in step else []))
+    fn, traced, args = self._lowerable(step)
     counted, _ = costs.jaxpr_flops(jax.make_jaxpr(traced)(*args).jaxpr)
     devices = len(self.topo.devices)
     batch = self.config.data.eval_batch_size if step == 'eval' else self.config.data.batch_size
