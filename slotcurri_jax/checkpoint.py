@@ -30,7 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from slotcurri_jax import cli
+from slotcurri_jax import errors
 from slotcurri_jax import curriculum
 from slotcurri_jax import params as params_lib
 from slotcurri_jax import train_state as train_state_lib
@@ -148,7 +148,7 @@ class Checkpointer:
     diffs = incompatibilities(saved, self.config, saved_shapes, model_shapes)
     if diffs:
       shown = diffs[:12] + ([f'... and {len(diffs) - 12} more'] if len(diffs) > 12 else [])
-      raise cli.UserError(
+      raise errors.UserError(
           f'workdir {self.directory.parent} holds a checkpoint (step {step}) of another method '
           'or of settings that change what its params mean:\n  ' + '\n  '.join(shown) +
           '\nUse another --workdir, or pass the saved settings; nothing in the workdir was '
@@ -175,7 +175,7 @@ class Checkpointer:
     """
     steps = sorted(self._manager.all_steps(), reverse=True) if step is None else [step]
     if not steps:
-      raise cli.UserError(f'no checkpoint in {self.directory}')
+      raise errors.UserError(f'no checkpoint in {self.directory}')
     self._check_state_fields(steps[0])
     failures = []
     for s in steps:
@@ -193,7 +193,7 @@ class Checkpointer:
         self._move_aside([int(f.split(':')[0].split()[1]) for f in failures])
         logging.warning('resuming from step %d, the newest intact checkpoint', s)
       return restored['state']
-    raise cli.UserError(f'no readable checkpoint in {self.directory} ('
+    raise errors.UserError(f'no readable checkpoint in {self.directory} ('
                         + '; '.join(failures) + '). Use another --workdir, or delete the '
                         'unreadable steps to start again.')
 
@@ -208,7 +208,7 @@ class Checkpointer:
       return
     want = {f.name for f in dataclasses.fields(train_state_lib.TrainState) if f.name != 'tx'}
     if saved != want:
-      raise cli.UserError(
+      raise errors.UserError(
           f'checkpoint {self.directory / str(step)} was written by another version of '
           f'slotcurri_jax (its train state has {sorted(saved)}, this version {sorted(want)}), '
           'so training cannot resume from it. Train in a new --workdir; --mode=eval and '
@@ -269,9 +269,9 @@ def step_dirs(path: str) -> list[epath.Path]:
   steps, or a step dir itself. Raises a user error naming the accepted forms."""
   path = epath.Path(os.path.expanduser(str(path)))
   if not path.exists():
-    raise cli.mark(FileNotFoundError(f'checkpoint {path} does not exist. {CHECKPOINT_FORMS}.'))
+    raise errors.mark(FileNotFoundError(f'checkpoint {path} does not exist. {CHECKPOINT_FORMS}.'))
   if not path.is_dir():
-    raise cli.mark(NotADirectoryError(f'{path} is not a checkpoint: it is a file without the '
+    raise errors.mark(NotADirectoryError(f'{path} is not a checkpoint: it is a file without the '
                                       f'.npz/.msgpack suffix. {CHECKPOINT_FORMS}.'))
   if (path / 'checkpoints').is_dir():
     path = path / 'checkpoints'
@@ -279,7 +279,7 @@ def step_dirs(path: str) -> list[epath.Path]:
     return [path]
   steps = _steps_in(path)
   if not steps:
-    raise cli.mark(FileNotFoundError(f'no checkpoint step under {path}. {CHECKPOINT_FORMS}.'))
+    raise errors.mark(FileNotFoundError(f'no checkpoint step under {path}. {CHECKPOINT_FORMS}.'))
   return [path / str(s) for s in steps]
 
 
@@ -317,7 +317,7 @@ def load_params_and_step(path: str) -> tuple[Any, int]:
       else:
         params = flax.serialization.msgpack_restore(p.read_bytes())
     except Exception as e:  # numpy/msgpack raise several types for unreadable files
-      raise cli.mark(ValueError(f'params file {p} is corrupt or unreadable: '
+      raise errors.mark(ValueError(f'params file {p} is corrupt or unreadable: '
                                 f'{str(e).splitlines()[0]}')) from e
     params = params['params'] if isinstance(params, dict) and 'params' in params else params
     return jax.tree.map(np.asarray, params), 0
@@ -335,7 +335,7 @@ def load_params_and_step(path: str) -> tuple[Any, int]:
     if failures:
       logging.warning('using %s, the newest intact checkpoint', step_dir)
     return jax.tree.map(np.asarray, params), int(step_dir.name) if step_dir.name.isdigit() else 0
-  raise cli.mark(ValueError('no readable checkpoint: ' + '; '.join(failures)))
+  raise errors.mark(ValueError('no readable checkpoint: ' + '; '.join(failures)))
 
 
 class PreemptionGuard:

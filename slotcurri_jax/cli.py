@@ -6,9 +6,9 @@ stderr and exits with status 1, no traceback. `--debug` (or SLOTCURRI_DEBUG=1)
 shows the traceback too. Any other exception is an internal error and keeps its
 traceback.
 
-Code marks an error as the user's by raising `UserError`, or by raising any
-exception inside `with user_errors(...)`, which marks exceptions of the given
-types (keeping their type, so callers that catch ValueError still do).
+The library marks an error as the user's through `slotcurri_jax.errors` (which
+imports nothing of the command line); this module is for the front doors only and
+defines the absl `--debug` flag when imported.
 
 Library chatter: INFO lines that absl logging receives from outside slotcurri_jax
 (orbax, TFDS, etils) and TensorFlow's C++ INFO/WARNING lines are hidden unless
@@ -16,60 +16,23 @@ Library chatter: INFO lines that absl logging receives from outside slotcurri_ja
 """
 from __future__ import annotations
 
-import contextlib
 import logging as py_logging
 import os
 import pathlib
 import re
-import shutil
 import sys
-from typing import Callable, Iterator
+from typing import Callable
 
 from absl import app
 from absl import flags
 from absl import logging
-from tqdm import tqdm
+
+from slotcurri_jax.errors import UserError, is_user_error, mark, message, user_errors  # noqa: F401  (re-exported for the front doors)
 
 DEBUG_ENV = 'SLOTCURRI_DEBUG'
 _PACKAGE_DIR = str(pathlib.Path(__file__).resolve().parent)
 _DEBUG = flags.DEFINE_bool('debug', False, 'Show the traceback of user errors too '
                            f'(or set {DEBUG_ENV}=1).')
-
-
-class UserError(ValueError):
-  """A problem with the user's input; the message names it and the fix."""
-
-
-def mark(error: BaseException) -> BaseException:
-  """Mark `error` as a user error (returns it, for `raise mark(ValueError(...))`)."""
-  error.slotcurri_user_error = True
-  return error
-
-
-def is_user_error(error: BaseException) -> bool:
-  return isinstance(error, UserError) or getattr(error, 'slotcurri_user_error', False)
-
-
-@contextlib.contextmanager
-def user_errors(*types: type[BaseException], match: str | None = None) -> Iterator[None]:
-  """Exceptions of `types` raised inside are the user's (their type is kept); with
-  `match`, only those whose message matches that regex (the rest stay internal)."""
-  types = types or (ValueError, FileNotFoundError, NotADirectoryError, ImportError)
-  try:
-    yield
-  except types as e:
-    if match is None or re.search(match, message(e)):
-      mark(e)
-    raise
-
-
-def message(error: BaseException) -> str:
-  """The text of an exception without its type (KeyError's quotes removed)."""
-  if len(error.args) == 1 and isinstance(error.args[0], str):
-    text = error.args[0]
-  else:
-    text = str(error)
-  return text.strip() or type(error).__name__
 
 
 def _debug_requested(argv: list[str] | None = None) -> bool:
@@ -231,40 +194,3 @@ def run(main: Callable[[list[str]], None], argv: list[str] | None = None) -> Non
       fail(message(e))
 
   app.run(wrapped, argv=argv, flags_parser=_parse_flags)
-
-
-# --------------------------------------------------------------------------- progress bars
-
-class _BarSafeStream:
-  """A stream for absl's log handler that prints above the progress bars (tqdm.write)."""
-
-  def write(self, text: str) -> None:
-    tqdm.write(text, file=sys.stderr, end='')
-
-  def flush(self) -> None:
-    sys.stderr.flush()
-
-
-@contextlib.contextmanager
-def progress_bar(total: int | None, initial: int = 0, desc: str = '', unit: str = 'step',
-                 enabled: bool = True):
-  """A tqdm bar on stderr (rate and ETA from its updates), with log lines printed above it.
-
-  Off a terminal (logs to a file) it refreshes every 30 s instead of several times a second.
-  """
-  tty = sys.stderr.isatty()
-  # shutil falls back to $COLUMNS/$LINES or 100x20 where a terminal reports 0x0 (a bare
-  # pty), in which tqdm would hide the bar.
-  size = shutil.get_terminal_size((100, 20))
-  bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled,
-             file=sys.stderr, mininterval=0.5 if tty else 30.0, smoothing=0.1,
-             ncols=size.columns if tty else None, nrows=size.lines if tty else None)
-  handler = logging.get_absl_handler().python_handler
-  previous = handler.stream
-  if enabled:
-    handler.stream = _BarSafeStream()
-  try:
-    yield bar
-  finally:
-    handler.stream = previous
-    bar.close()

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from slotcurri_jax import cli
+from slotcurri_jax import errors
+from slotcurri_jax import progress
 from slotcurri_jax import metrics as metrics_lib
 from slotcurri_jax import parallel
 from slotcurri_jax import predict as predict_lib
@@ -69,7 +70,7 @@ def evaluate(config, predictor: predict_lib.Predictor, state, mesh, *, workdir: 
   scores: dict[str, list[float]] = {}
   figures: list[np.ndarray] = []
   num_videos = 0
-  with cli.progress_bar(total, desc=f'eval (step {step})', unit='batch',
+  with progress.progress_bar(total, desc=f'eval (step {step})', unit='batch',
                         enabled=jax.process_index() == 0) as bar:
     for i, host_batch in enumerate(batches):
       if 0 <= max_batches <= i:

@@ -62,6 +62,7 @@ from tqdm import tqdm
 
 from slotcurri_jax import checkpoint as checkpoint_lib
 from slotcurri_jax import cli
+from slotcurri_jax import errors
 from slotcurri_jax import metrics as metrics_lib
 from slotcurri_jax import params as params_lib
 from slotcurri_jax import predict as predict_lib
@@ -363,7 +364,7 @@ def run(config, checkpoint: str, video: str, output_dir: str, chunk_len: int = 2
   params: use these instead of loading `checkpoint` (tests).
   """
   rollout = rollout or config.eval.rollout
-  with cli.user_errors():  # the video, the config or the checkpoint
+  with errors.user_errors():  # the video, the config or the checkpoint
     frames, source_fps = read_video(video)
     check_frame_size(frames, config, source=str(video))
     spec = encoders.encoder_spec(config)

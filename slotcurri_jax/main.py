@@ -26,6 +26,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from slotcurri_jax import cli
+from slotcurri_jax import errors
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
                                           lock_config=True)
@@ -53,7 +54,7 @@ def maybe_initialize_distributed(config) -> None:
   pid = _PROCESS_ID.value if _PROCESS_ID.value is not None else dc.process_id
   if address:
     if num is None or num < 1 or pid is None or pid < 0:
-      raise cli.UserError('--coordinator_address needs --num_processes and --process_id')
+      raise errors.UserError('--coordinator_address needs --num_processes and --process_id')
     jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=pid)
   elif int(os.environ.get('SLURM_NTASKS', '1')) > 1 or os.environ.get('TPU_WORKER_HOSTNAMES', '').count(','):
     jax.distributed.initialize()

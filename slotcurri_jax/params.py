@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slotcurri_jax import cli
+from slotcurri_jax import errors
 from slotcurri_jax import parallel
 
 
@@ -77,6 +77,6 @@ def check_fits(given: Any, expected: Any, *, source: str, fix: str) -> None:
   """
   diffs = differences(shapes(given), shapes(expected))
   if diffs:
-    raise cli.mark(ValueError(
+    raise errors.mark(ValueError(
         f'{source} does not fit the model of this config ({len(diffs)} params differ, e.g. '
         f'{"; ".join(diffs[:4])}): {fix}'))

@@ -30,7 +30,8 @@ import optax
 from etils import epath
 
 from slotcurri_jax import checkpoint as checkpoint_lib
-from slotcurri_jax import cli
+from slotcurri_jax import errors
+from slotcurri_jax import progress
 from slotcurri_jax import curriculum as curriculum_lib
 from slotcurri_jax import evaluate as evaluate_lib
 from slotcurri_jax import objective as objective_lib
@@ -248,7 +249,7 @@ def stage_train_steps(run: Run, mesh, shardings, *, diagnostics: bool = False
 def train_and_evaluate(config, workdir: str, *, evaluate_at_end: bool = True) -> dict:
   """Train (resuming from workdir's last checkpoint) and evaluate; returns the final eval metrics."""
   workdir = epath.Path(workdir)
-  with cli.user_errors():  # bad config values, missing data or weights
+  with errors.user_errors():  # bad config values, missing data or weights
     pipeline.check_available(config, splits=('train', 'validation') if evaluate_at_end else ('train',))
     mesh = parallel.mesh_from_config(config)
     run = Run.from_config(config)  # the encoder, model, curriculum and objective
@@ -258,7 +259,7 @@ def train_and_evaluate(config, workdir: str, *, evaluate_at_end: bool = True) ->
   ckpt.check_compatible(params_lib.template(run.model, run.spec, config))
 
   # Missing or mismatched pretrained weights are the user's; other errors of the init are bugs.
-  with cli.user_errors(FileNotFoundError, ImportError, ValueError,
+  with errors.user_errors(FileNotFoundError, ImportError, ValueError,
                        match=r'weights|model\.encoder|not found'):
     state, shardings = create_state(run, mesh, jax.random.PRNGKey(config.seed))
   if ckpt.latest_step() is not None:
@@ -280,7 +281,7 @@ def train_and_evaluate(config, workdir: str, *, evaluate_at_end: bool = True) ->
       pipeline.train_iterator(config, start_step=start_step), mesh, config.data.prefetch)
   pending: list[dict] = []
   final_metrics: dict = {}
-  with checkpoint_lib.PreemptionGuard(ckpt) as guard, cli.progress_bar(
+  with checkpoint_lib.PreemptionGuard(ckpt) as guard, progress.progress_bar(
       total_steps, start_step, desc='train', enabled=is_chief) as bar:
     step = start_step
     in_flight = None  # metrics of the step dispatched before the newest one
@@ -333,7 +334,7 @@ def train_and_evaluate(config, workdir: str, *, evaluate_at_end: bool = True) ->
 def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
   """Evaluate any saved params (--mode=eval): a training workdir, its checkpoints dir,
   one step dir, or a params file (.npz from tools.import_reference, .msgpack)."""
-  with cli.user_errors():  # bad config values, missing data, weights or checkpoint
+  with errors.user_errors():  # bad config values, missing data, weights or checkpoint
     pipeline.check_available(config, splits=('validation',))
     mesh = parallel.mesh_from_config(config)
     run = Run.from_config(config)

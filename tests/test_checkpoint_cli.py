@@ -100,7 +100,7 @@ def test_a_checkpoint_of_another_version_is_named_not_moved(tmp_path):
   import orbax.checkpoint as ocp
   from conftest import tiny_config
   from slotcurri_jax import checkpoint as checkpoint_lib
-  from slotcurri_jax import cli
+  from slotcurri_jax import errors
   old = {'step': jnp.int32(3), 'params': {'w': jnp.ones(2)}, 'opt_state': {'mu': jnp.zeros(2)},
          'active_mask': jnp.ones(5, bool), 'stage': jnp.int32(1), 'slot_error': jnp.zeros((1, 5)),
          'rng': jnp.zeros(2, jnp.uint32)}
@@ -109,7 +109,7 @@ def test_a_checkpoint_of_another_version_is_named_not_moved(tmp_path):
   manager.wait_until_finished()
   manager.close()
   ckpt = checkpoint_lib.Checkpointer(str(tmp_path), tiny_config())
-  with pytest.raises(cli.UserError, match='another version of slotcurri_jax'):
+  with pytest.raises(errors.UserError, match='another version of slotcurri_jax'):
     ckpt.restore(old)
   ckpt.close()
   assert (tmp_path / 'checkpoints' / '3').is_dir()

@@ -31,7 +31,7 @@ import socket
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from slotcurri_jax import cli
+from slotcurri_jax import errors
 from slotcurri_jax.data import spec as spec_lib
 from slotcurri_jax.data import synthetic_movi
 from slotcurri_jax.data import transforms
@@ -74,13 +74,13 @@ def _check_reachable(root: str, config) -> bool:
     try:
       socket.getaddrinfo('storage.googleapis.com', 443)
     except OSError as e:
-      raise cli.mark(FileNotFoundError(
+      raise errors.mark(FileNotFoundError(
           f'config.data.data_dir={root} cannot be reached from this machine (no route to '
           f'Google Cloud Storage: {e}).\n{how_to_get(config)}')) from e
   try:
     return tf.io.gfile.exists(root)
   except tf.errors.OpError as e:
-    raise cli.mark(FileNotFoundError(
+    raise errors.mark(FileNotFoundError(
         f'config.data.data_dir={root} cannot be read ({type(e).__name__}: '
         f'{e.message.splitlines()[0]}).\n{how_to_get(config)}')) from e
 

@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from slotcurri_jax import cli
+from slotcurri_jax import errors
 from slotcurri_jax import parallel
 from slotcurri_jax.data import datasets
 
@@ -159,7 +159,7 @@ class _Records:
 
   def undecodable(self, shard, index, features, error) -> ValueError:
     name = features['metadata']['video_name'].numpy().decode()
-    return cli.mark(ValueError(
+    return errors.mark(ValueError(
         f'undecodable record in {self.split} of {self.builder.data_dir}: video {name!r}, '
         f'record {int(index)} of {self.files[int(shard)]}: {getattr(error, "message", error)}'))
 
@@ -174,7 +174,7 @@ def _find_bad_record(records: _Records, stream: tf.data.Dataset, transform, erro
       except tf.errors.OpError as e:
         raise records.undecodable(*element[-3:], e) from e
   except tf.errors.OpError as e:  # the shard itself is unreadable
-    raise cli.mark(ValueError(f'reading {records.split} of {records.builder.data_dir} failed: '
+    raise errors.mark(ValueError(f'reading {records.split} of {records.builder.data_dir} failed: '
                               f'{e.message}')) from e
   raise error
 
@@ -212,7 +212,7 @@ def _retrying(open_at: Callable[[int], Iterator], records: _Records, config) -> 
       failures += 1
       where = next((f for f in records.files if f in e.message), None)
       if failures > retries:
-        raise cli.mark(OSError(
+        raise errors.mark(OSError(
             f'reading {where or records.split + " of " + str(records.builder.data_dir)} failed '
             f'{failures} times in a row ({type(e).__name__}: {e.message.splitlines()[0]}). '
             'Check the connection, or copy the data to a local disk and point '

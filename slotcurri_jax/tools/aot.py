@@ -42,6 +42,7 @@ from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from slotcurri_jax import cli  # noqa: E402
+from slotcurri_jax import errors  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:variant]).',
                                           lock_config=True)
@@ -139,14 +140,14 @@ def main(argv) -> None:
   if not _TOPOLOGY.value:
     raise app.UsageError('--topology is required (e.g. v5e-8, v5p-128; --topology=list)')
   config = cli.config_value(_CONFIG)
-  with cli.user_errors(ValueError):
+  with errors.user_errors(ValueError):
     topo = aot.topology(_TOPOLOGY.value)
     program = aot.Program.build(config, topo)
   steps = program.step_names()
   if _STEPS.value:
     unknown = set(_STEPS.value) - {'train', 'eval'}
     if unknown:
-      raise cli.UserError(f'--steps: unknown {sorted(unknown)}; use train, eval')
+      raise errors.UserError(f'--steps: unknown {sorted(unknown)}; use train, eval')
     steps = [s for s in steps if s.split(' ')[0] in _STEPS.value]
   reports = [program.compile(s) for s in steps]
   config_name = config_flags.get_config_filename(flags.FLAGS['config'])
@@ -165,7 +166,7 @@ def main(argv) -> None:
                                                          for n, rep in plan.tried],
                           'max_per_device_batch': plan.max_per_device_batch}), flush=True)
       lines.append(_no_fit_line(r, plan))
-    raise cli.UserError('; and '.join(lines))
+    raise errors.UserError('; and '.join(lines))
 
 
 if __name__ == '__main__':
