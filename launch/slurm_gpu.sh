@@ -17,6 +17,7 @@
 #SBATCH --job-name=slotcurri
 #SBATCH --output=slotcurri-%j.out
 #SBATCH --signal=TERM@120
+#SBATCH --requeue
 set -euo pipefail
 usage() { sed -n '2,18p' "$0"; exit 2; }
 [[ $# -ge 2 ]] || { echo "error: missing arguments (config and workdir)" >&2; usage; }
@@ -29,7 +30,15 @@ if [[ ! -d "$VENV" ]]; then
   "$VENV/bin/pip" install -q -r requirements.txt -e .
   "$VENV/bin/pip" install -q "jax[cuda12]==0.10.2"
 fi
-# --signal=TERM@120 above: SLURM sends SIGTERM 2 minutes before the time limit, and the
-# training loop writes a final checkpoint; resubmitting the same command resumes.
-exec srun --kill-on-bad-exit=1 "$VENV/bin/python" -m slotcurri_jax.main \
-  --config="$CONFIG" --workdir="$WORKDIR" "$@"
+# --signal=TERM@120 above: SLURM sends SIGTERM 2 minutes before the time limit (and a
+# preemption sends one too); the training loop writes a final checkpoint and exits with
+# status 75 (main.py: interrupted, saved). The job is then requeued: it runs this script
+# again and resumes from that checkpoint. Status 0 is a finished run, 1 a user error.
+status=0
+srun --kill-on-bad-exit=1 "$VENV/bin/python" -m slotcurri_jax.main \
+  --config="$CONFIG" --workdir="$WORKDIR" "$@" || status=$?
+if [[ $status == 75 ]]; then
+  echo "interrupted after saving a checkpoint: requeueing job $SLURM_JOB_ID to resume" >&2
+  scontrol requeue "$SLURM_JOB_ID"
+fi
+exit "$status"

@@ -13,6 +13,7 @@
 #   SKIP_INSTALL=1    do not (re)install the requirements
 #   SKIP_AOT_CHECK=1  train without first compiling the steps for this slice
 #   TPU_TYPE=v5p-8    the slice's accelerator type (default: read from the TPU VM metadata)
+#   MAX_RESTARTS=100  reruns after an interruption that saved a checkpoint (status 75)
 #
 # Before training, every worker compiles the run's train and eval steps for this slice on
 # its CPU (python -m slotcurri_jax.tools.aot; no chip is used, about one to three minutes):
@@ -22,8 +23,11 @@
 # jax.distributed is initialised automatically on a TPU pod (every worker finds the
 # coordinator through the TPU metadata); each worker reads its own shard of the data
 # and only worker 0 writes summaries. Checkpoints go through orbax's multi-host path.
+# A SIGTERM on any worker (a maintenance event) stops every worker at one saved step with
+# exit status 75 (main.py); the loop at the end then runs the same command again, which
+# resumes. Ctrl-C or a SIGTERM sent to this script ends the loop after that save.
 set -euo pipefail
-usage() { sed -n '2,26p' "$0"; exit 2; }
+usage() { sed -n '2,28p' "$0"; exit 2; }
 [[ $# -ge 2 ]] || { echo "error: missing arguments (config and workdir)" >&2; usage; }
 CONFIG=$1; WORKDIR=$2; shift 2
 [[ -f "${CONFIG%%:*}" ]] || { echo "error: config file ${CONFIG%%:*} not found" >&2; exit 2; }
@@ -46,4 +50,13 @@ if [[ "${SKIP_AOT_CHECK:-0}" != 1 ]]; then
     }
   fi
 fi
-exec python -m slotcurri_jax.main --config="$CONFIG" --workdir="$WORKDIR" "$@"
+stop=0
+trap 'stop=1' INT TERM
+restarts=0
+while true; do
+  status=0
+  python -m slotcurri_jax.main --config="$CONFIG" --workdir="$WORKDIR" "$@" || status=$?
+  [[ $status == 75 && $stop == 0 && $restarts -lt ${MAX_RESTARTS:-100} ]] || exit "$status"
+  restarts=$((restarts + 1))
+  echo "interrupted after saving a checkpoint: resuming (restart $restarts)" >&2
+done

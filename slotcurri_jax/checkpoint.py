@@ -2,16 +2,18 @@
 
 Orbax writes each step into a temporary directory and renames it when complete,
 so a crash or SIGTERM mid-save never leaves a half-written checkpoint that a
-resume would pick up. A step that is complete but unreadable (a truncated file, a
-disk error) is skipped with a warning that names it: training moves it aside to
-`checkpoints_unreadable/<step>` and resumes from the newest intact step;
-evaluation and inference read the newest intact one and restore the params only.
+resume would pick up. Once the save has finished, the checksums of every file of
+the step are written next to it (`checksums.py`); restoring verifies them. A step
+that is unreadable, or whose files differ from their checksums (a truncated file,
+a disk error, bytes overwritten), is skipped with a warning that names it: training
+moves it aside to `checkpoints_unreadable/<step>` and resumes from the newest intact
+step; evaluation and inference read the newest intact one and restore the params only.
 
-Next to the state we save the config (JSON). On resume the saved checkpoint is
-compared with the current config (`incompatibilities`): the param shapes of the
-model, every config key that changes what the params mean, and the resolved
-curriculum schedule. An incompatible workdir is refused, with every differing
-key listed, before anything in it is touched.
+Next to the state we save the config (JSON) and the curriculum schedule it resolved
+to. On resume the saved checkpoint is compared with the current config
+(`compat.incompatibilities`); an incompatible workdir is refused, with every
+differing key listed, before anything in it is touched. Evaluation and inference
+make the same comparison (`compat.config_for_checkpoint`).
 """
 from __future__ import annotations
 
@@ -25,13 +27,13 @@ from absl import logging
 import flax.serialization
 import jax
 from jax.experimental import multihost_utils
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from slotcurri_jax import checksums
+from slotcurri_jax import compat
 from slotcurri_jax import errors
-from slotcurri_jax import curriculum
 from slotcurri_jax import params as params_lib
 from slotcurri_jax import train_state as train_state_lib
 from slotcurri_jax.models import encoders
@@ -39,63 +41,36 @@ from slotcurri_jax.models import encoders
 CHECKPOINT_FORMS = ('--checkpoint takes a training workdir (it holds checkpoints/), its '
                     'checkpoints/ directory, one step directory (checkpoints/<step>/, holding '
                     'state/), or a params file (.npz from tools.import_reference, .msgpack)')
-# Config sections and keys whose values define the method and what the params mean.
-_MEANING = ('method', 'model', 'loss', 'curriculum', 'ssync', 'data.name', 'data.resolution',
-            'data.train_clip_len', 'data.synthetic')
-# ... except these, which change speed, memory or initialisation only (the restored
-# params replace the initial ones), never what a trained param means.
-_NOT_MEANING = ('model.compute_dtype', 'model.encoder.dtype', 'model.decoder.remat',
-                'model.encoder.weights', 'model.encoder.random_init', 'model.init_gains')
+RESOLVED = 'resolved'  # item of a step: what the config resolved to ({'curriculum_schedule'})
 
 
-def _flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
-  flat = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      flat.update(_flatten(v, f'{prefix}{k}.'))
-    else:
-      flat[f'{prefix}{k}'] = list(v) if isinstance(v, tuple) else v
-  return flat
+def read_json_item(step_dir: epath.Path, item: str) -> Any:
+  """The JSON of a step's `item` (orbax's JsonSave writes it to <item>/metadata); None
+  when the step has no such item (a checkpoint of an older version)."""
+  path = epath.Path(step_dir) / item / 'metadata'
+  return json.loads(path.read_text()) if path.exists() else None
 
 
-def _meaningful(key: str) -> bool:
-  inside = lambda k, p: k == p or k.startswith(p + '.')
-  return (any(inside(key, p) for p in _MEANING)
-          and not any(inside(key, p) for p in _NOT_MEANING))
+def saved_schedule(step_dir: epath.Path) -> list | None:
+  """The resolved curriculum schedule saved with a step ([[step, K], ...]), or None."""
+  resolved = read_json_item(step_dir, RESOLVED)
+  return None if resolved is None else resolved.get('curriculum_schedule')
 
 
-def _schedule(config_dict: dict) -> Any:
-  """The resolved curriculum schedule of a JSON config (it depends on train.steps)."""
-  try:
-    c = ml_collections.ConfigDict(config_dict)
-    return [list(s) for s in curriculum.build_schedule(c.curriculum, c.model.max_slots,
-                                                       c.train.steps)]
-  except Exception:  # an old or odd config: its keys are compared one by one anyway
-    return None
+def verify(step_dir: epath.Path) -> None:
+  """Raise checksums.Mismatch unless the step's files match the checksums written with it.
 
-
-def incompatibilities(saved_config: dict, config, saved_shapes: dict | None = None,
-                      model_shapes: dict | None = None) -> list[str]:
-  """Why a checkpoint of `saved_config` (JSON dict) cannot be resumed under `config`.
-
-  saved_shapes / model_shapes: '/'-joined param path -> shape, of the checkpoint and
-  of the model built from `config`. Keys missing from the saved config (written by an
-  older version) are not compared.
-  """
-  current = json.loads(config.to_json_best_effort())
-  flat_saved, flat_now = _flatten(saved_config), _flatten(current)
-  diffs = [f'{k}: saved {flat_saved[k]!r}, now {flat_now.get(k)!r}'
-           for k in sorted(flat_saved) if _meaningful(k) and flat_saved[k] != flat_now.get(k)]
-  saved_schedule, schedule = _schedule(saved_config), _schedule(current)
-  if saved_schedule != schedule and not any(k.startswith('curriculum.') for k in diffs):
-    diffs.append(f'curriculum schedule (from train.steps={flat_saved.get("train.steps")!r}): '
-                 f'saved {saved_schedule}, now {schedule} (set config.curriculum.schedule to '
-                 'the saved one to train longer)')
-  if saved_shapes is not None and model_shapes is not None:
-    params = params_lib.differences(saved_shapes, model_shapes, given_name='saved')
-    if params:
-      diffs.append(f'param shapes: {len(params)} differ, e.g. {"; ".join(params[:2])}')
-  return diffs
+  A step of this version (it has the RESOLVED item) without checksums.json is
+  incomplete (its save was interrupted after orbax's rename). A step of an older version
+  has neither: it passes, with a warning."""
+  step_dir = epath.Path(step_dir)
+  if checksums.has_checksums(step_dir):
+    checksums.verify(step_dir)
+  elif (step_dir / RESOLVED).exists():
+    raise checksums.Mismatch(f'{checksums.FILE} is missing: the save did not complete')
+  else:
+    logging.warning('checkpoint %s has no checksums (an older version wrote it): its files are '
+                    'read unverified', step_dir)
 
 
 class Checkpointer:
@@ -104,6 +79,8 @@ class Checkpointer:
   def __init__(self, workdir: str, config, *, async_save: bool = True):
     self.directory = epath.Path(workdir) / 'checkpoints'
     self.config = config
+    self.schedule = compat.resolved_schedule(config)
+    self._unsealed: list[int] = []  # steps saved here whose checksums are not written yet
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -128,7 +105,7 @@ class Checkpointer:
 
   def check_compatible(self, model_params: Any = None) -> None:
     """Raise (a user error) if the workdir's newest checkpoint was written by another
-    method or by settings that change what its params mean.
+    method or by settings that change what its params mean (`compat.incompatibilities`).
 
     model_params: the model's param tree (arrays or ShapeDtypeStructs), whose shapes
     are compared with the checkpoint's.
@@ -145,25 +122,45 @@ class Checkpointer:
         model_shapes = params_lib.shapes(model_params)
       except Exception:  # unreadable metadata: the restore reports it
         saved_shapes = model_shapes = None
-    diffs = incompatibilities(saved, self.config, saved_shapes, model_shapes)
+    try:
+      schedule = saved_schedule(self.directory / str(step))
+    except (OSError, ValueError):  # unreadable: the restore reports it; rebuilt from the config
+      schedule = None
+    diffs = compat.incompatibilities(saved, self.config, saved_schedule=schedule,
+                                     saved_shapes=saved_shapes, model_shapes=model_shapes)
     if diffs:
-      shown = diffs[:12] + ([f'... and {len(diffs) - 12} more'] if len(diffs) > 12 else [])
-      raise errors.UserError(
-          f'workdir {self.directory.parent} holds a checkpoint (step {step}) of another method '
-          'or of settings that change what its params mean:\n  ' + '\n  '.join(shown) +
-          '\nUse another --workdir, or pass the saved settings; nothing in the workdir was '
+      self.close()
+      raise compat.refusal(
+          f'workdir {self.directory.parent} holds a checkpoint (step {step}) '
+          f'{compat.ANOTHER_METHOD}', diffs,
+          'Use another --workdir, or pass the saved settings; nothing in the workdir was '
           'changed.')
 
   def save(self, state: train_state_lib.TrainState, *, force: bool = False) -> None:
     step = int(jax.device_get(state.step))
     if step in self._manager.all_steps():
       return
+    self._seal()  # the previous save has finished: its checksums first
     self._manager.save(
         step,
         args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
-            config=ocp.args.JsonSave(json.loads(self.config.to_json_best_effort()))),
+            config=ocp.args.JsonSave(json.loads(self.config.to_json_best_effort())),
+            **{RESOLVED: ocp.args.JsonSave({'curriculum_schedule': self.schedule})}),
         force=force)
+    self._unsealed.append(step)
+
+  def _seal(self) -> None:
+    """Wait for the saves in flight, then write each one's checksums (process 0)."""
+    if not self._unsealed:
+      return
+    self._manager.wait_until_finished()
+    if jax.process_index() == 0:
+      for step in self._unsealed:
+        step_dir = self.directory / str(step)
+        if step_dir.exists():  # not already removed by max_to_keep
+          checksums.write(step_dir)
+    self._unsealed = []
 
   def restore(self, abstract_state: train_state_lib.TrainState,
               step: int | None = None) -> train_state_lib.TrainState:
@@ -180,6 +177,7 @@ class Checkpointer:
     failures = []
     for s in steps:
       try:
+        verify(self.directory / str(s))
         restored = self._manager.restore(
             s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
       except Exception as e:  # orbax/tensorstore raise many types for unreadable data
@@ -193,9 +191,10 @@ class Checkpointer:
         self._move_aside([int(f.split(':')[0].split()[1]) for f in failures])
         logging.warning('resuming from step %d, the newest intact checkpoint', s)
       return restored['state']
+    self.close()  # no teardown noise from orbax's threads after the message
     raise errors.UserError(f'no readable checkpoint in {self.directory} ('
-                        + '; '.join(failures) + '). Use another --workdir, or delete the '
-                        'unreadable steps to start again.')
+                           + '; '.join(failures) + '). Use another --workdir, or delete the '
+                           'unreadable steps to start again.')
 
   def _check_state_fields(self, step: int) -> None:
     """A checkpoint whose train state has other top-level fields was written by another
@@ -208,6 +207,7 @@ class Checkpointer:
       return
     want = {f.name for f in dataclasses.fields(train_state_lib.TrainState) if f.name != 'tx'}
     if saved != want:
+      self.close()
       raise errors.UserError(
           f'checkpoint {self.directory / str(step)} was written by another version of '
           f'slotcurri_jax (its train state has {sorted(saved)}, this version {sorted(want)}), '
@@ -235,6 +235,8 @@ class Checkpointer:
     return self._manager.reached_preemption(step)
 
   def close(self) -> None:
+    """Finish the saves in flight and write their checksums; closing twice is harmless."""
+    self._seal()
     self._manager.wait_until_finished()
     self._manager.close()
 
@@ -283,32 +285,43 @@ def step_dirs(path: str) -> list[epath.Path]:
   return [path / str(s) for s in steps]
 
 
-def restore_params(step_dir: epath.Path) -> Any:
-  """Only the params of one step's saved TrainState (not the optimizer state), as numpy."""
-  checkpointer = ocp.PyTreeCheckpointer()
-  meta = _tree(checkpointer.metadata(step_dir / 'state'))
-  params_meta = meta['params']
-  item = {'params': jax.tree.map(lambda m: np.zeros((0,), m.dtype), params_meta)}
-  restore_args = {'params': jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray),
-                                         params_meta)}
-  restored = checkpointer.restore(step_dir / 'state', args=ocp.args.PyTreeRestore(
-      item=item, restore_args=restore_args, partial_restore=True))
-  return restored['params']
+def restore_params(step_dir: epath.Path) -> tuple[Any, int]:
+  """(params, step) of one step's saved TrainState, as numpy: the params and the state's
+  own step counter (not the folder's name), without the optimizer state."""
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    meta = _tree(checkpointer.metadata(step_dir / 'state'))
+    wanted = {'params': meta['params'], 'step': meta['step']}
+    item = jax.tree.map(lambda m: np.zeros((0,), m.dtype), wanted)
+    restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+    restored = checkpointer.restore(step_dir / 'state', args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True))
+  return restored['params'], int(restored['step'])
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+  """Params read from a checkpoint or a params file, and what was saved with them."""
+  params: Any  # host numpy arrays of the model's tree
+  step: int  # the saved TrainState's step; 0 for a params file
+  source: str  # the step directory or file read
+  config: dict | None = None  # the config the checkpoint was trained with (JSON)
+  schedule: list | None = None  # its resolved curriculum schedule, [[step, K], ...]
 
 
 def load_params(path: str, config=None) -> Any:
-  """Model params from any saved form, as host numpy arrays (placement is up to the caller).
+  """Model params from any saved form, as host numpy arrays (see `load`).
+  `config` is unused (kept for symmetry with the importers)."""
+  return load(path).params
+
+
+def load(path: str) -> Loaded:
+  """Params (host numpy; placement is up to the caller), step and saved config.
 
   path: a training workdir, its checkpoints dir or one step dir (orbax; the newest
-  intact step, params only), or a params file: `.npz` of '/'-joined paths
-  (tools.import_reference, tools.convert_dinov2) or `.msgpack` (flax.serialization).
-  `config` is unused (kept for symmetry with the importers).
+  intact step whose checksums match, params only), or a params file: `.npz` of
+  '/'-joined paths (tools.import_reference, tools.convert_dinov2) or `.msgpack`
+  (flax.serialization), which carry no step and no config.
   """
-  return load_params_and_step(path)[0]
-
-
-def load_params_and_step(path: str) -> tuple[Any, int]:
-  """(params, step) as `load_params`; step 0 for a params file (it has none)."""
   p = epath.Path(os.path.expanduser(str(path)))
   if p.is_file() and p.suffix in ('.npz', '.msgpack'):
     try:
@@ -318,14 +331,16 @@ def load_params_and_step(path: str) -> tuple[Any, int]:
         params = flax.serialization.msgpack_restore(p.read_bytes())
     except Exception as e:  # numpy/msgpack raise several types for unreadable files
       raise errors.mark(ValueError(f'params file {p} is corrupt or unreadable: '
-                                f'{str(e).splitlines()[0]}')) from e
+                                   f'{str(e).splitlines()[0]}')) from e
     params = params['params'] if isinstance(params, dict) and 'params' in params else params
-    return jax.tree.map(np.asarray, params), 0
+    return Loaded(jax.tree.map(np.asarray, params), 0, str(p))
   candidates = step_dirs(path)
   failures = []
   for step_dir in candidates:
     try:
-      params = restore_params(step_dir)
+      verify(step_dir)
+      params, step = restore_params(step_dir)
+      config, schedule = read_json_item(step_dir, 'config'), saved_schedule(step_dir)
     except Exception as e:  # orbax raises several types for unreadable data
       failures.append(f'{step_dir}: {_first_line(e)}')
       if len(candidates) > 1:
@@ -334,7 +349,7 @@ def load_params_and_step(path: str) -> tuple[Any, int]:
       continue
     if failures:
       logging.warning('using %s, the newest intact checkpoint', step_dir)
-    return jax.tree.map(np.asarray, params), int(step_dir.name) if step_dir.name.isdigit() else 0
+    return Loaded(jax.tree.map(np.asarray, params), step, str(step_dir), config, schedule)
   raise errors.mark(ValueError('no readable checkpoint: ' + '; '.join(failures)))
 
 

@@ -21,6 +21,8 @@ import os
 import pathlib
 import re
 import sys
+import tempfile
+import textwrap
 from typing import Callable
 
 from absl import app
@@ -30,6 +32,10 @@ from absl import logging
 from slotcurri_jax.errors import UserError, is_user_error, mark, message, user_errors  # noqa: F401  (re-exported for the front doors)
 
 DEBUG_ENV = 'SLOTCURRI_DEBUG'
+# Exit status of a run that was interrupted (SIGTERM, Ctrl-C) and saved a checkpoint:
+# sysexits' EX_TEMPFAIL, "try again later". The launch scripts requeue or rerun on it.
+EXIT_INTERRUPTED = 75
+HELP_FLAGS = ('--help', '-?', '-h', '--helpshort', '--helpfull')
 _PACKAGE_DIR = str(pathlib.Path(__file__).resolve().parent)
 _DEBUG = flags.DEFINE_bool('debug', False, 'Show the traceback of user errors too '
                            f'(or set {DEBUG_ENV}=1).')
@@ -104,6 +110,8 @@ def describe_flag_error(error: BaseException, argv: list[str]) -> str:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
+  if any(a in HELP_FLAGS for a in argv[1:]):
+    show_help(argv)
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # config files and overrides raise many types
@@ -122,6 +130,77 @@ def config_value(config_flag):
   except OSError as e:
     raise UserError(describe_config_error(e)) from e
   return config
+
+
+def check_writable(path: str, what: str) -> None:
+  """Raise a user error unless directory `path` can be written (created if missing): a
+  temporary file is made, and removed, in it or in its nearest existing parent. Remote
+  paths (gs://...) are not checked here."""
+  if '://' in str(path):
+    return
+  existing = pathlib.Path(os.path.expanduser(str(path))).absolute()
+  while not existing.exists() and existing != existing.parent:
+    existing = existing.parent
+  try:
+    if not existing.is_dir():
+      raise NotADirectoryError(20, f'{existing} is a file, not a directory')
+    with tempfile.TemporaryFile(dir=existing):
+      pass
+  except OSError as e:
+    raise UserError(f'{what} {path} is not writable: {e.strerror or e} (tried {existing})') from e
+
+
+# --------------------------------------------------------------------------- --help
+
+# The keys --help shows with their values (every key: slotcurri_jax/config.py).
+MAIN_KEYS = ('method', 'seed', 'data.name', 'data.data_dir', 'data.resolution',
+             'data.batch_size', 'model.encoder.kind', 'model.encoder.weights',
+             'model.max_slots', 'model.slot_dim', 'curriculum.enabled', 'curriculum.schedule',
+             'ssync.enabled', 'train.steps', 'train.learning_rate',
+             'train.checkpoint_every_steps', 'train.eval_every_steps', 'eval.rollout',
+             'model.compute_dtype', 'train.active_slots_only', 'mesh.fsdp')
+
+
+def config_help(spec: str | None) -> str:
+  """What --help says about configs: the variants and main keys of config file `spec`
+  (file[:variant]), or the config files under configs/ when none is given."""
+  from slotcurri_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  lines = ['Config: --config=FILE[:VARIANT] picks a config file and a method variant '
+           f'({" | ".join(config_lib.VARIANTS)}); --config.KEY=VALUE overrides any key, e.g. '
+           '--config.train.steps=1000 --config.model.encoder.dtype=bfloat16 (every key and '
+           'its meaning: slotcurri_jax/config.py).']
+  if not spec:
+    configs = sorted(pathlib.Path('configs').glob('*.py')) or sorted(
+        (pathlib.Path(_PACKAGE_DIR).parent / 'configs').glob('*.py'))
+    lines.append('Config files (give one with --help to see its keys):')
+    for path in configs:
+      doc = (re.search(r'"""(.*)', path.read_text()) or [None, ''])[1]
+      lines.append(f'  {path}[:{"|".join(config_lib.VARIANTS)}]  {doc.strip()}')
+    return '\n'.join(_wrapped(lines[:1]) + lines[1:])
+  try:
+    config = config_lib.load(spec)
+  except Exception as e:  # a config file that does not load: say so, keep the rest of the help
+    return '\n'.join(_wrapped(lines) + [f'{spec} cannot be loaded: {message(e)}'])
+  lines.append(f'Main keys of {spec} (value: what this config sets):')
+  for key in MAIN_KEYS:
+    value = config
+    for part in key.split('.'):
+      value = value[part]
+    lines.append(f'  --config.{key}={value!r}')
+  return '\n'.join(_wrapped(lines[:1]) + lines[1:])
+
+
+def _wrapped(lines: list[str]) -> list[str]:
+  return [w for line in lines for w in textwrap.wrap(line, 88, subsequent_indent='  ')]
+
+
+def show_help(argv: list[str]) -> None:
+  """--help: the program's flags, then the config's variants and main keys; exit 0."""
+  spec = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
+  app.usage(shorthelp='--helpfull' not in argv, writeto_stdout=True)
+  print()
+  print(config_help(spec))
+  sys.exit(0)
 
 
 # --------------------------------------------------------------------------- running

@@ -62,6 +62,7 @@ from tqdm import tqdm
 
 from slotcurri_jax import checkpoint as checkpoint_lib
 from slotcurri_jax import cli
+from slotcurri_jax import compat
 from slotcurri_jax import errors
 from slotcurri_jax import metrics as metrics_lib
 from slotcurri_jax import params as params_lib
@@ -358,22 +359,30 @@ def write_outputs(output_dir: str | os.PathLike, result: dict[str, np.ndarray],
 
 def run(config, checkpoint: str, video: str, output_dir: str, chunk_len: int = 24,
         rollout: str | None = None, fps: float | None = None, params: Any = None,
-        overlay_format: str = 'mp4', model_resolution_masks: bool = False) -> dict[str, str]:
+        overlay_format: str = 'mp4', model_resolution_masks: bool = False,
+        use_checkpoint_config: bool = False) -> dict[str, str]:
   """Read `video`, segment it with the checkpoint's params, write the outputs.
 
+  The checkpoint's saved config must agree with `config` on what the params mean
+  (else a user error lists the differences); with `use_checkpoint_config` the saved
+  config is used instead (compat.config_for_checkpoint).
   params: use these instead of loading `checkpoint` (tests).
   """
-  rollout = rollout or config.eval.rollout
   with errors.user_errors():  # the video, the config or the checkpoint
     frames, source_fps = read_video(video)
+    if params is None:
+      loaded = checkpoint_lib.load(checkpoint)
+      config = compat.config_for_checkpoint(config, loaded.source, loaded.step, loaded.config,
+                                            loaded.schedule, use_saved=use_checkpoint_config)
     check_frame_size(frames, config, source=str(video))
     spec = encoders.encoder_spec(config)
     model = video_model.build_model(config, spec)
     if params is None:
-      params = checkpoint_lib.load_params(checkpoint, config)
+      params = loaded.params
       params_lib.check_fits(params, params_lib.template(model, spec, config),
                             source=f'checkpoint {checkpoint}',
                             fix='pass the --config (and overrides) it was trained with')
+  rollout = rollout or config.eval.rollout
   logging.info('%s: %d frames of %dx%d, %s rollout in chunks of %d', video, len(frames),
                frames.shape[2], frames.shape[1], rollout, chunk_len)
   result = segment_video(model, params, frames, config, chunk_len, rollout, progress=True)
@@ -397,6 +406,8 @@ def _define_flags():
   flags.DEFINE_enum('rollout', None, ['forward', 'cyclic'], 'Default: config.eval.rollout.')
   flags.DEFINE_float('fps', None, 'Frame rate of the overlay video; default: the input\'s.')
   flags.DEFINE_enum('overlay_format', 'mp4', ['mp4', 'gif'], 'overlay.mp4 or overlay.gif.')
+  flags.DEFINE_bool('use_checkpoint_config', False, "Segment with the checkpoint's saved config "
+                    'where --config differs in what the params mean (instead of refusing).')
   flags.DEFINE_bool('model_resolution_masks', False, 'Also write masks_model [T, R, R] (the '
                     "model's resolution) next to masks [T, H, W] (the input's).")
 
@@ -409,8 +420,10 @@ def main(argv) -> None:
   for name in ('checkpoint', 'video', 'output_dir'):
     if not f[name].value:
       raise app.UsageError(f'--{name} is required')
+  cli.check_writable(f.output_dir, '--output_dir')
   paths = run(config, f.checkpoint, f.video, f.output_dir, f.chunk_len, f.rollout, f.fps,
-              overlay_format=f.overlay_format, model_resolution_masks=f.model_resolution_masks)
+              overlay_format=f.overlay_format, model_resolution_masks=f.model_resolution_masks,
+              use_checkpoint_config=f.use_checkpoint_config)
   print(json.dumps(paths, indent=2))
 
 

@@ -9,10 +9,20 @@ r"""Train and evaluate SlotContrast / SlotCurri (+ SSync) from a config file.
 On a TPU pod, under SLURM, or with --coordinator_address, jax.distributed is
 initialised first; every host then runs the same program on its own data shard.
 
-User errors (a config key or value, missing data or weights, a bad checkpoint) end
-with one `error: ...` line on stderr and exit status 1; --debug shows the
-traceback (slotcurri_jax/cli.py). Ctrl-C or SIGTERM saves a checkpoint and exits;
-a second Ctrl-C exits at once.
+--help lists the flags, the config's variants and its main keys with their values.
+--mode=eval reads the config saved with the checkpoint: a --config that differs in the
+method or in what the params mean is refused (each differing key listed), or, with
+--use_checkpoint_config, replaced by the saved one (data paths and the eval batch kept).
+
+Exit status:
+  0    the run finished (training to train.steps, evaluation to the last video);
+  1    a user error (a config key or value, missing data or weights, a bad checkpoint,
+       an unwritable workdir): one `error: ...` line on stderr; --debug shows the
+       traceback (slotcurri_jax/cli.py);
+  75   interrupted (SIGTERM, e.g. preemption or SLURM's time limit, or one Ctrl-C): a
+       checkpoint was saved and the same command resumes (EX_TEMPFAIL: try again; the
+       launch/ scripts requeue or rerun on it);
+  130  a second Ctrl-C: exited at once, without saving.
 """
 from __future__ import annotations
 
@@ -35,6 +45,9 @@ _MODE = flags.DEFINE_enum('mode', 'train_and_eval', ['train', 'eval', 'train_and
                           'What to run.')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None,
                                   'With --mode=eval: a workdir, checkpoints dir or step dir.')
+_USE_CHECKPOINT_CONFIG = flags.DEFINE_bool(
+    'use_checkpoint_config', False, "With --mode=eval: evaluate with the checkpoint's saved "
+    'config where --config differs in what the params mean (instead of refusing).')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
                                    'host:port of process 0 for multi-process runs.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in a multi-process run.')
@@ -68,6 +81,7 @@ def main(argv) -> None:
   config = cli.config_value(_CONFIG)
   if not _WORKDIR.value:
     raise app.UsageError('--workdir is required')
+  cli.check_writable(_WORKDIR.value, 'workdir')
   # jax, TensorFlow and the modules that import them load here, after cli.run has
   # quietened TensorFlow's start-up lines (and flags/config errors answer without them).
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
@@ -77,11 +91,14 @@ def main(argv) -> None:
   if _MODE.value == 'eval':
     if not _CHECKPOINT.value:
       raise app.UsageError('--mode=eval needs --checkpoint=PATH')
-    results = train.evaluate_checkpoint(config, _CHECKPOINT.value, _WORKDIR.value)
+    results = train.evaluate_checkpoint(config, _CHECKPOINT.value, _WORKDIR.value,
+                                        use_checkpoint_config=_USE_CHECKPOINT_CONFIG.value)
   else:
     results = train.train_and_evaluate(config, _WORKDIR.value,
                                        evaluate_at_end=_MODE.value == 'train_and_eval')
   print(json.dumps(results, indent=2), file=sys.stdout)
+  if 'preempted_at_step' in results:
+    sys.exit(cli.EXIT_INTERRUPTED)  # saved, not finished: the same command resumes
 
 
 if __name__ == '__main__':

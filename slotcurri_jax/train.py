@@ -30,6 +30,7 @@ import optax
 from etils import epath
 
 from slotcurri_jax import checkpoint as checkpoint_lib
+from slotcurri_jax import compat
 from slotcurri_jax import errors
 from slotcurri_jax import progress
 from slotcurri_jax import curriculum as curriculum_lib
@@ -331,15 +332,23 @@ def train_and_evaluate(config, workdir: str, *, evaluate_at_end: bool = True) ->
   return final_metrics
 
 
-def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
+def evaluate_checkpoint(config, checkpoint: str, workdir: str, *,
+                        use_checkpoint_config: bool = False) -> dict:
   """Evaluate any saved params (--mode=eval): a training workdir, its checkpoints dir,
-  one step dir, or a params file (.npz from tools.import_reference, .msgpack)."""
+  one step dir, or a params file (.npz from tools.import_reference, .msgpack).
+
+  The checkpoint's saved config must agree with `config` on everything that changes
+  what the params mean (else a user error lists the differences); with
+  `use_checkpoint_config` the saved config is used instead. The step reported is the
+  saved state's own step."""
   with errors.user_errors():  # bad config values, missing data, weights or checkpoint
+    loaded = checkpoint_lib.load(checkpoint)
+    config = compat.config_for_checkpoint(config, loaded.source, loaded.step, loaded.config,
+                                          loaded.schedule, use_saved=use_checkpoint_config)
     pipeline.check_available(config, splits=('validation',))
     mesh = parallel.mesh_from_config(config)
     run = Run.from_config(config)
-    params, step = checkpoint_lib.load_params_and_step(checkpoint)
-    params = dict(params)
+    params = dict(loaded.params)
     if 'encoder' not in params:  # imported reference checkpoints may leave out the frozen backbone
       pretrained = encoders.load_encoder_params(config)
       if pretrained is not None:
@@ -348,7 +357,7 @@ def evaluate_checkpoint(config, checkpoint: str, workdir: str) -> dict:
                           source=f'checkpoint {checkpoint}',
                           fix='pass the --config (and overrides) it was trained with')
   state = _EvalState(params=jax.device_put(params, parallel.replicated(mesh)),
-                     step=jnp.asarray(step))
+                     step=jnp.asarray(loaded.step))
   return evaluate_lib.evaluate(config, evaluate_lib.make_predictor(config, run, mesh), state,
                                mesh, workdir=workdir, max_batches=-1)
 

@@ -1,5 +1,7 @@
 """Checkpoint paths that are not checkpoints, unreadable newest checkpoints, and workdirs
 of another method or of settings that change what the params mean."""
+import json
+import os
 import shutil
 
 import numpy as np
@@ -114,3 +116,58 @@ def test_a_checkpoint_of_another_version_is_named_not_moved(tmp_path):
   ckpt.close()
   assert (tmp_path / 'checkpoints' / '3').is_dir()
   assert not (tmp_path / 'checkpoints_unreadable').exists()
+
+
+def test_eval_reads_the_checkpoints_config_and_step(capsys, tmp_path, trained, tiny_data_dir):
+  """A SlotCurri checkpoint evaluated under :slotcontrast is refused with the differing
+  keys; --use_checkpoint_config evaluates it as SlotCurri. The step is the saved state's,
+  not the folder's name (a copied step folder)."""
+  renamed = tmp_path / 'my_copy'
+  shutil.copytree(trained / 'checkpoints' / '6', renamed)
+  args = ('--config=tests/tiny_cli_config.py:slotcontrast', f'--workdir={tmp_path}/eval',
+          '--mode=eval', f'--checkpoint={renamed}', f'--config.data.data_dir={tiny_data_dir}')
+  status, _, err = run_main(capsys, *args)
+  assert status == 1 and 'Traceback' not in err
+  message = error_lines(err)
+  assert message[0] == (f'error: checkpoint {renamed} (step 6) is of another method or of '
+                        'settings that change what its params mean:')
+  assert "  method: saved 'slotcurri', now 'slotcontrast'" in message
+  assert message[-1].endswith("or --use_checkpoint_config to use the checkpoint's own config.")
+  assert not (tmp_path / 'eval').exists()
+  status, _, err = run_main(capsys, *args, '--use_checkpoint_config')
+  assert status == 0, err
+  assert (f'using the config saved with checkpoint {renamed} (step 6), not --config, which '
+          'differs in curriculum.enabled, loss.ssim_weight, method') in err
+  settings = json.loads((tmp_path / 'eval' / 'eval' / 'metrics_latest.json').read_text())['settings']
+  assert (settings['step'], settings['method'], settings['rollout']) == (6, 'slotcurri', 'cyclic')
+  assert (tmp_path / 'eval' / 'eval' / 'metrics_step_6.json').exists()
+
+
+def _overwrite_middle(path, size=4096):
+  """Random bytes over the middle of a file; its size stays the same."""
+  length = path.stat().st_size
+  with open(path, 'r+b') as f:
+    f.seek(max(0, length // 2 - size // 2))
+    f.write(np.random.default_rng(1).bytes(min(size, length)))
+  assert path.stat().st_size == length
+
+
+def test_corrupt_bytes_are_caught_by_the_checksums(tmp_path, trained, caplog):
+  workdir = tmp_path / 'w'
+  shutil.copytree(trained, workdir)
+  step6 = workdir / 'checkpoints' / '6'
+  largest = max((p for p in step6.rglob('*') if p.is_file()), key=lambda p: p.stat().st_size)
+  _overwrite_middle(largest)
+  loaded = checkpoint_lib.load(str(workdir))
+  assert loaded.step == 3
+  assert (f'checkpoint {step6} is unreadable (Mismatch: {largest.relative_to(step6)} differs '
+          'from its checksum (blake2b-128): the file is corrupt)') in caplog.text
+  # A step of this version without its checksums did not finish saving: not complete.
+  os.remove(workdir / 'checkpoints' / '3' / 'checksums.json')
+  with pytest.raises(ValueError, match='checksums.json is missing: the save did not complete'):
+    checkpoint_lib.load(str(workdir / 'checkpoints' / '3'))
+  # A step of an older version (no checksums, no resolved schedule) reads, with a warning.
+  shutil.rmtree(workdir / 'checkpoints' / '3' / checkpoint_lib.RESOLVED)
+  caplog.clear()
+  assert checkpoint_lib.load(str(workdir / 'checkpoints' / '3')).step == 3
+  assert 'has no checksums (an older version wrote it)' in caplog.text

@@ -1,4 +1,6 @@
 """User errors end with one `error:` message and status 1, no traceback (--debug shows it)."""
+import os
+
 import pytest
 
 from cli_helpers import error_lines, run_main, snapshot, tiny_data_dir  # noqa: F401  (a fixture)
@@ -88,3 +90,32 @@ def test_one_step_smoke_run_with_the_default_curriculum(capsys, tmp_path, tiny_d
   assert ('curriculum: train.steps=1 leaves stages of 0 steps in the default schedule '
           '((0, 2), (0, 2), (0, 5)); training with ((0, 5),) instead') in err
   assert sorted(p.name for p in (tmp_path / 'w' / 'checkpoints').iterdir()) == ['1']
+
+
+@pytest.mark.parametrize('config, expected', [
+    ((), 'configs/demo.py[:slotcurri|slotcontrast|ssync|slotcurri_ssync]'),
+    (('--config=configs/demo.py:slotcontrast',), "--config.method='slotcontrast'"),
+])
+def test_help_lists_variants_and_keys_and_exits_0(capsys, config, expected):
+  status, out, _ = run_main(capsys, *config, '--help')
+  assert status == 0
+  assert '--config.KEY=VALUE overrides any key' in out and '--workdir' in out
+  assert expected in out
+  if config:
+    assert "--config.eval.rollout='forward'" in out and '--config.train.steps=1200' in out
+
+
+def test_unwritable_workdir_or_output_dir_is_one_line(capsys, tmp_path):
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('')
+  status, _, err = run_main(capsys, TINY, f'--workdir={blocker}/w')
+  assert status == 1 and 'Traceback' not in err
+  assert error_lines(err) == [f'error: workdir {blocker}/w is not writable: {blocker} is a file, '
+                              f'not a directory (tried {blocker})']
+  from slotcurri_jax import cli, errors  # a directory this process cannot write (not as root)
+  readonly = tmp_path / 'readonly'
+  readonly.mkdir(mode=0o555)
+  if not os.access(readonly, os.W_OK):
+    with pytest.raises(errors.UserError, match=f'--output_dir {readonly}/out is not writable: '
+                                                'Permission denied'):
+      cli.check_writable(f'{readonly}/out', '--output_dir')

@@ -1,4 +1,5 @@
 """Data errors: an unreachable bucket fails before compiling; transient read errors are retried."""
+import pathlib
 import socket
 
 import numpy as np
@@ -76,3 +77,26 @@ def test_persistent_read_errors_give_up_naming_the_file(tiny_data_dir, monkeypat
   assert str(error.value).startswith(
       f'reading {shard} failed 3 times in a row (UnavailableError: GCS: 503 reading {shard}). '
       'Check the connection, or copy the data to a local disk')
+
+
+def test_a_corrupt_record_is_named_by_file_and_record(tiny_data_dir, tmp_path):
+  """4 KiB of random bytes in the middle of a TFRecord file (its size unchanged): the error
+  names the file and the record, without TensorFlow's op names."""
+  import shutil
+  config = _config(tiny_data_dir)
+  source = pathlib.Path(pipeline._builder(config).data_dir)
+  copy = tmp_path / source.relative_to(tiny_data_dir)
+  shutil.copytree(source, copy)
+  shard = copy / 'synthetic_movi-train.tfrecord-00000-of-00001'
+  length = shard.stat().st_size
+  with open(shard, 'r+b') as f:
+    f.seek(length // 2)
+    f.write(np.random.default_rng(0).bytes(4096))
+  config.data.data_dir = str(tmp_path)
+  with pytest.raises(ValueError) as error:
+    for _ in zip(range(4), pipeline.train_iterator(config)):
+      pass
+  text = str(error.value)
+  assert text.startswith(f'corrupt record in train[0:8] of {copy}: record ')
+  assert f' of {shard} cannot be read (corrupted record at ' in text
+  assert 'Op:' not in text and 'function_node' not in text

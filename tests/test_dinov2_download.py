@@ -24,6 +24,7 @@ def test_missing_weights_are_downloaded_converted_and_cached(fixture_variant, vi
 
   monkeypatch.setattr(huggingface_hub, 'hf_hub_download', fake_download)
   monkeypatch.delenv('HF_HUB_OFFLINE', raising=False)
+  monkeypatch.setattr(encoders, '_hub_unreachable', lambda: None)  # this machine is offline
   monkeypatch.setattr(encoders, 'DEFAULT_WEIGHTS_DIR', tmp_path / 'cache')
   params = encoders.load_encoder_params(fixture_variant)
   assert calls == [('test/vit-fixture', 'model.safetensors')]
@@ -31,3 +32,31 @@ def test_missing_weights_are_downloaded_converted_and_cached(fixture_variant, vi
   jax.tree.map(np.testing.assert_array_equal, params, dinov2.state_dict_to_params(state_dict))
   encoders.load_encoder_params(fixture_variant)  # the cached, converted file
   assert len(calls) == 1
+
+
+def test_offline_or_a_named_path_never_waits_for_the_hub(fixture_variant, tmp_path, monkeypatch):
+  """A missing model.encoder.weights path is an error without any network call; a missing
+  default file on a machine that cannot reach the hub fails after one 1-s probe."""
+  import huggingface_hub
+  import pytest
+  import socket
+  calls = []
+  monkeypatch.setattr(huggingface_hub, 'hf_hub_download', lambda *a, **k: calls.append(a))
+  monkeypatch.delenv('HF_HUB_OFFLINE', raising=False)
+  for v in ('HTTPS_PROXY', 'https_proxy', 'ALL_PROXY', 'all_proxy'):
+    monkeypatch.delenv(v, raising=False)
+  config = fixture_variant.copy_and_resolve_references()
+  config.model.encoder.weights = str(tmp_path / 'mine.npz')
+  with pytest.raises(FileNotFoundError, match=r'not found at .*mine.npz \(config.model.encoder.weights\)'):
+    encoders.load_encoder_params(config)
+
+  def no_route(address, timeout):
+    assert timeout <= 1.0
+    raise OSError(101, 'Network is unreachable')
+
+  monkeypatch.setattr(socket, 'create_connection', no_route)
+  monkeypatch.setattr(encoders, 'DEFAULT_WEIGHTS_DIR', tmp_path / 'cache')
+  config.model.encoder.weights = ''
+  with pytest.raises(FileNotFoundError, match='huggingface.co cannot be reached from this machine'):
+    encoders.load_encoder_params(config)
+  assert calls == []

@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import itertools
 import math
+import re
 import time
 from typing import Any, Callable, Iterator, Sequence
 
@@ -161,7 +162,30 @@ class _Records:
     name = features['metadata']['video_name'].numpy().decode()
     return errors.mark(ValueError(
         f'undecodable record in {self.split} of {self.builder.data_dir}: video {name!r}, '
-        f'record {int(index)} of {self.files[int(shard)]}: {getattr(error, "message", error)}'))
+        f'record {int(index)} of {self.files[int(shard)]}: {tf_message(error)}'))
+
+  def unreadable(self, error: tf.errors.OpError) -> ValueError:
+    """The record a failed read of the stream stopped at (its CRC or length is corrupt):
+    each file is read again in order, counting records, to name the file and the record."""
+    for path in self.files:
+      count = 0
+      try:
+        for _ in tf.data.TFRecordDataset(path):
+          count += 1
+      except tf.errors.OpError as e:
+        return errors.mark(ValueError(
+            f'corrupt record in {self.split} of {self.builder.data_dir}: record {count} of '
+            f'{path} cannot be read ({tf_message(e)}). Copy that file again (or delete the '
+            'dataset folder to regenerate synthetic_movi).'))
+    return errors.mark(ValueError(f'reading {self.split} of {self.builder.data_dir} failed: '
+                                  f'{tf_message(error)}'))
+
+
+def tf_message(error: BaseException) -> str:
+  """A TensorFlow error's message without its internal function and op names."""
+  text = getattr(error, 'message', None) or str(error)
+  text = re.sub(r'\{\{function_node [^}]*\}\}\s*', '', text)
+  return re.sub(r'\s*\[Op:[^\]]*\].*$', '', text, flags=re.S).strip()
 
 
 def _find_bad_record(records: _Records, stream: tf.data.Dataset, transform, error):
@@ -173,9 +197,8 @@ def _find_bad_record(records: _Records, stream: tf.data.Dataset, transform, erro
         transform(*element)
       except tf.errors.OpError as e:
         raise records.undecodable(*element[-3:], e) from e
-  except tf.errors.OpError as e:  # the shard itself is unreadable
-    raise errors.mark(ValueError(f'reading {records.split} of {records.builder.data_dir} failed: '
-                              f'{e.message}')) from e
+  except tf.errors.OpError as e:  # the stream itself is unreadable: a corrupt record
+    raise records.unreadable(e) from e
   raise error
 
 

@@ -22,7 +22,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import socket
 from typing import Any, Mapping
+import urllib.parse
 
 import flax
 import flax.linen as nn
@@ -230,6 +232,9 @@ def load_encoder_params(config) -> Any | None:
     return None
   path = pathlib.Path(os.path.expanduser(ec.weights)) if ec.weights else default_weights_path(
       ec.variant)
+  if not path.exists() and ec.weights:  # a path the user named: never fetched over the network
+    raise FileNotFoundError(f'DINOv2 weights not found at {path} (config.model.encoder.weights). '
+                            + _how_to_get(ec.variant, path))
   if not path.exists():
     _download_from_hub(ec.variant, path)
   params = read_weights(path)
@@ -243,16 +248,37 @@ def load_encoder_params(config) -> Any | None:
   return params
 
 
+def _how_to_get(variant: str, path: pathlib.Path) -> str:
+  arch = dinov2.VARIANTS[variant]
+  return (f'Get the timm weights `{arch["timm"]}` (https://huggingface.co/timm/{arch["timm"]}, '
+          f'file model.safetensors) or the Hugging Face checkpoint '
+          f'https://huggingface.co/{arch["hf"]} (model.safetensors), then run\n'
+          f'  python -m slotcurri_jax.tools.convert_dinov2 SRC {path}\n'
+          f'or point config.model.encoder.weights at SRC directly.')
+
+
+def _hub_unreachable(timeout_s: float = 1.0) -> str | None:
+  """Why the Hugging Face hub cannot be reached (one TCP connection, `timeout_s`), or None.
+  Behind an HTTP(S) proxy the hub library's own connection decides: None."""
+  if any(os.environ.get(v) for v in ('HTTPS_PROXY', 'https_proxy', 'ALL_PROXY', 'all_proxy')):
+    return None
+  url = urllib.parse.urlparse(huggingface_hub.constants.ENDPOINT)
+  try:
+    socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s).close()
+  except OSError as e:
+    return f'{url.hostname} cannot be reached from this machine ({type(e).__name__}: {e})'
+  return None
+
+
 def _download_from_hub(variant: str, path: pathlib.Path) -> None:
   """Fetch facebook/dinov2-* with huggingface_hub (when online) and convert it."""
   arch = dinov2.VARIANTS[variant]
-  how = (f'Get the timm weights `{arch["timm"]}` (https://huggingface.co/timm/{arch["timm"]}, '
-         f'file model.safetensors) or the Hugging Face checkpoint '
-         f'https://huggingface.co/{arch["hf"]} (model.safetensors), then run\n'
-         f'  python -m slotcurri_jax.tools.convert_dinov2 SRC {path}\n'
-         f'or point config.model.encoder.weights at SRC directly.')
+  how = _how_to_get(variant, path)
   if os.environ.get('HF_HUB_OFFLINE', '') not in ('', '0'):
     raise FileNotFoundError(f'DINOv2 weights not found at {path} (HF_HUB_OFFLINE is set). {how}')
+  offline = _hub_unreachable()  # about a second offline, instead of the hub's retries
+  if offline:
+    raise FileNotFoundError(f'DINOv2 weights not found at {path} and {offline}. {how}')
   try:
     src = huggingface_hub.hf_hub_download(arch['hf'], 'model.safetensors')
   except Exception as e:  # network errors come in many types
