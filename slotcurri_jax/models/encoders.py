@@ -30,6 +30,7 @@ import flax
 import flax.linen as nn
 import jax.numpy as jnp
 import huggingface_hub
+from huggingface_hub import constants as hf_constants
 import numpy as np
 import safetensors.numpy
 
@@ -262,7 +263,7 @@ def _hub_unreachable(timeout_s: float = 1.0) -> str | None:
   Behind an HTTP(S) proxy the hub library's own connection decides: None."""
   if any(os.environ.get(v) for v in ('HTTPS_PROXY', 'https_proxy', 'ALL_PROXY', 'all_proxy')):
     return None
-  url = urllib.parse.urlparse(huggingface_hub.constants.ENDPOINT)
+  url = urllib.parse.urlparse(hf_constants.ENDPOINT)
   try:
     socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s).close()
   except OSError as e:
