@@ -60,14 +60,15 @@ def saved_schedule(step_dir: epath.Path) -> list | None:
 def verify(step_dir: epath.Path) -> None:
   """Raise checksums.Mismatch unless the step's files match the checksums written with it.
 
-  A step of this version (it has the RESOLVED item) without checksums.json is
-  incomplete (its save was interrupted after orbax's rename). A step of an older version
-  has neither: it passes, with a warning."""
+  A step without checksums.json passes, unverified, with a warning: either an older
+  version wrote it (no RESOLVED item), or the run stopped after orbax had finalized the
+  step (its rename: the step is complete) but before its checksums were written."""
   step_dir = epath.Path(step_dir)
   if checksums.has_checksums(step_dir):
     checksums.verify(step_dir)
   elif (step_dir / RESOLVED).exists():
-    raise checksums.Mismatch(f'{checksums.FILE} is missing: the save did not complete')
+    logging.warning('checkpoint %s has no checksums (the run stopped right after saving it, '
+                    'before they were written): its files are read unverified', step_dir)
   else:
     logging.warning('checkpoint %s has no checksums (an older version wrote it): its files are '
                     'read unverified', step_dir)

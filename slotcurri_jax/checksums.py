@@ -11,9 +11,9 @@ Atomicity: orbax writes the step into a temporary directory and renames it when
 complete; the checksums are written after that rename (once the asynchronous save has
 finished), into a temporary file renamed to `checksums.json`. A step saved by this
 version carries a `resolved` item (the resolved curriculum schedule); such a step
-without `checksums.json` was interrupted between the two renames and does not count
-as complete. A step without the `resolved` item was written by an older version: it is
-restored unverified, with a warning.
+without `checksums.json` was finalized by orbax (so complete) but the run stopped before
+its checksums were written; it is restored unverified, with a warning, as is a step
+without the `resolved` item (written by an older version).
 """
 from __future__ import annotations
 
