@@ -27,6 +27,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from slotcurri_jax import config as config_lib
 from slotcurri_jax.errors import UserError, is_user_error, mark, message, user_errors  # noqa: F401  (re-exported for the front doors)
 
 DEBUG_ENV = 'SLOTCURRI_DEBUG'
@@ -104,6 +105,9 @@ def describe_flag_error(error: BaseException, argv: list[str]) -> str:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
+  removed = config_lib.removed_in_overrides(argv)  # a removed key: name its replacement
+  if removed:
+    fail(removed)
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # config files and overrides raise many types
@@ -121,7 +125,7 @@ def config_value(config_flag):
     config.get('method')  # ml_collections raises here for a file that did not load
   except OSError as e:
     raise UserError(describe_config_error(e)) from e
-  return config
+  return config_lib.check_removed(config)
 
 
 # --------------------------------------------------------------------------- running
