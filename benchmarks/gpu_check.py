@@ -25,6 +25,7 @@ through JAX's persistent compilation cache, so CI's reruns load the compiled ste
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -37,7 +38,9 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / 'benchmarks'))
 import measure  # noqa: E402  (benchmarks/measure.py)
-import train_step as ts  # noqa: E402  (benchmarks/train_step.py)
+
+# One measurement of benchmarks/train_step.py (run as a script, in its own process).
+train_step_child = functools.partial(measure.run_child, REPO / 'benchmarks' / 'train_step.py')
 
 # Per-device batches timed per dtype, and the cap of the largest-batch estimate.
 BATCHES = {'gpu': {'float32': (8, 32), 'bfloat16': (8, 32)},
@@ -84,7 +87,7 @@ def _fits(result: dict) -> bool:
 
 def train_steps(cpu: bool, steps: int) -> dict:
   name, mode = ('demo', 'cpu') if cpu else ('movi_c_full', 'gpu')
-  peak = ts.run_child({'kind': 'peak', 'matmul_n': 256 if cpu else 4096}, 600)
+  peak = train_step_child({'kind': 'peak', 'matmul_n': 256 if cpu else 4096}, 600)
   if 'error' in peak:
     return {'error': peak['error']}
   results = []
@@ -96,21 +99,21 @@ def train_steps(cpu: bool, steps: int) -> dict:
       if cpu:
         spec['overrides'] = CPU_TINY
       print(f'train step {name} {dtype} batch {batch} ...', flush=True)
-      per_dtype.append(dict(ts.run_child(spec, 900), role=f'batch {batch}'))
+      per_dtype.append(dict(train_step_child(spec, 900), role=f'batch {batch}'))
     measured = max((r['batch'] for r in per_dtype if _fits(r)), default=0)
     batch = largest_batch(per_dtype, cap=LARGEST_CAP[mode])
     while batch and batch > measured:
       print(f'train step {name} {dtype} batch {batch} (largest estimate) ...', flush=True)
       spec = dict(spec, batch=batch, steps=max(steps // 2, 1))
-      result = dict(ts.run_child(spec, 900), role='largest that fits')
+      result = dict(train_step_child(spec, 900), role='largest that fits')
       if _fits(result):
         per_dtype.append(result)
         break
       per_dtype.append(dict(result, role='did not fit', error=result['error'][-300:]))
       batch //= 2
     results += per_dtype
-  ts.summarise(results, peak)
-  ts.print_table([r for r in results if 'error' not in r], peak)
+  measure.summarise(results, peak)
+  measure.print_table([r for r in results if 'error' not in r], peak)
   return {'config': name + (' (CPU_TINY)' if cpu else ''), 'peak': peak, 'results': results}
 
 

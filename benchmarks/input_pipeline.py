@@ -164,7 +164,7 @@ def main() -> None:
     ytvis.data.resolution = 518
     ytvis.data.flip_prob = 0.0  # configs/ytvis.py
     ytvis.data.batch_size = 16
-    ytvis.data.ytvis.shuffle_buffer = 32
+    ytvis.data.shuffle_buffer = 32
     ytvis.data.ytvis.num_heldout = 2
     ytvis.data.ytvis.manual_dir = str(data_dir / 'ytvis_raw')
     start = time.time()

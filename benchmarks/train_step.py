@@ -55,9 +55,6 @@ import json
 import os
 import pathlib
 import resource
-import subprocess
-import sys
-import time
 import warnings
 
 import jax
@@ -70,7 +67,7 @@ from slotcurri_jax import costs
 from slotcurri_jax import parallel
 # slotcurri_jax.train and .evaluate are imported where used: they import TensorFlow (~5 s,
 # ~0.75 GB), which only the measuring child needs, not the driver (this script's parent
-# process, gpu_check.py, capacity.py).
+# process).
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TRAIN_CONFIGS = ('demo', 'movi_c_slots', 'movi_c_full')
@@ -344,110 +341,6 @@ def child_main(spec: dict) -> None:
 
 # --------------------------------------------------------------------------- driver
 
-def run_child(spec: dict, timeout: float) -> dict:
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
-  start = time.time()
-  load_before = os.getloadavg()
-  try:
-    proc = subprocess.run([sys.executable, __file__, '--_child', json.dumps(spec)],
-                          capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd=str(REPO))
-  except subprocess.TimeoutExpired:
-    return {'error': f'timed out after {timeout:.0f}s', **spec}
-  lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
-  if proc.returncode or not lines:
-    return {'error': f'exit {proc.returncode}: {proc.stderr[-2000:]}', **spec}
-  result = json.loads(lines[-1][len('RESULT '):])
-  result.update(wall_s=time.time() - start, load_before=load_before, load_after=os.getloadavg())
-  return result
-
-
-def _gb(x):
-  return f'{x / 1e9:.2f}' if x else '-'
-
-
-def summarise(results: list[dict], peak: dict) -> list[dict]:
-  """Add MFU and the PyTorch comparison to every training result."""
-  facts = peak['device']
-  for r in results:
-    if 'error' in r or 'model_flops_per_step' not in r:
-      continue
-    achieved = r['model_flops_per_step'] * r['steps_per_s']
-    r['achieved_flops_per_s'] = achieved
-    if facts['platform'] == 'gpu':
-      device_peak = facts.get('peak_flops')
-      r['mfu_peak_basis'] = facts.get('peak_source')
-    else:
-      device_peak = max(peak['matmul_flops_per_s'].values())
-      n = peak.get('matmul_n', 4096)
-      r['mfu_peak_basis'] = (f'measured best {n}^3 jit matmul on this CPU: '
-                             + ', '.join(f'{k} {v / 1e9:.0f} GFLOP/s'
-                                         for k, v in peak['matmul_flops_per_s'].items()))
-    r['mfu'] = achieved / device_peak if device_peak else None
-    nominal = peak.get('nominal_cpu_peak')
-    if facts['platform'] == 'cpu' and nominal:
-      r['mfu_vs_nominal_cpu_peak'] = achieved / nominal['flops_per_s']
-    # The PyTorch anchors time SlotCurri, the files' default variant.
-    anchor = (None if r.get('active_slots_only') or r.get('variant', 'default') != 'default'
-              else PYTORCH_ANCHORS.get((r['config'], r['batch'])))
-    if anchor and facts['platform'] == 'cpu':
-      steps_peak = r.get('steps_peak_rss_bytes')
-      r['vs_pytorch'] = {
-          'anchor': anchor, 'clips_per_s_ratio': r['clips_per_s'] / anchor['clips_per_s'],
-          'peak_memory_ratio': r['peak_rss_bytes'] / 1e9 / anchor['peak_gb'],
-          'steps_peak_memory_ratio': steps_peak / 1e9 / anchor['peak_gb'] if steps_peak else None}
-  return results
-
-
-def print_table(results: list[dict], peak: dict) -> None:
-  facts = peak['device']
-  print(f"\ndevice: {facts['platform']} {facts['device_kind']} (jax {facts['jax']}); "
-        f"MFU peak basis: {next((r['mfu_peak_basis'] for r in results if 'mfu_peak_basis' in r), '-')}")
-  nominal = peak.get('nominal_cpu_peak')
-  if facts['platform'] == 'cpu' and nominal:
-    print(f"'nom %': against the nominal {nominal['flops_per_s'] / 1e9:.0f} GFLOP/s "
-          f"({nominal['cores']} cores x {nominal['mhz']:.0f} MHz x "
-          f"{nominal['flops_per_cycle_per_core']} FLOP/cycle, assumed)")
-  mem_col = 'RSS GB (steps)' if facts['platform'] == 'cpu' else 'dev peak GB'
-  print('RSS: whole process incl. compilation (in brackets: while stepping, as when the '
-        'executable comes from the persistent compilation cache)')
-  header = (f"{'config':<14}{'dtype':<10}{'B':>4}{'s/step':>9}{'steps/s':>9}{'clips/s':>9}"
-            f"{'compile s':>10}{mem_col:>16}{'TFLOP/step':>11}{'xla TFLOP':>10}{'TFLOP/s':>9}"
-            f"{'MFU %':>7}{'nom %':>7}  vs PyTorch (clips/s x, memory x)")
-  print(header)
-  print('-' * len(header))
-  for r in results:
-    if 'error' in r:
-      print(f"{r.get('config', r.get('name', '?')):<14}{r.get('dtype', ''):<10} ERROR {r['error'][:200]}")
-      continue
-    if 'forward' in r:  # evaluation
-      f, c = r['forward'], r['cyclic']
-      print(f"{r['config']:<14}{r['dtype']:<10}{r['batch']:>4}  {r['frames']} frames: forward "
-            f"{f['s_per_step']:.3f} s, cyclic {c['s_per_step']:.3f} s -> cyclic/forward "
-            f"{r['cyclic_over_forward']:.2f}x (matmul FLOPs {c['model_flops_per_step'] / f['model_flops_per_step']:.2f}x)")
-      continue
-    if facts['platform'] == 'cpu':
-      mem = f"{_gb(r['peak_rss_bytes'])} ({_gb(r.get('steps_peak_rss_bytes'))})"
-    else:
-      mem = _gb(r['device_peak_bytes'])
-    vs = r.get('vs_pytorch')
-    vs_text = ''
-    if vs:
-      steps_ratio = vs['steps_peak_memory_ratio']
-      vs_text = (f"{vs['clips_per_s_ratio']:.2f}x, {vs['peak_memory_ratio']:.2f}x"
-                 + (f" ({steps_ratio:.2f}x)" if steps_ratio else ''))
-    mfu = f"{100 * r['mfu']:.1f}" if r.get('mfu') is not None else '-'
-    nom = (f"{100 * r['mfu_vs_nominal_cpu_peak']:.1f}"
-           if r.get('mfu_vs_nominal_cpu_peak') is not None else '-')
-    label = (r['config'] + (f"[K={r['computed_slots']}]" if r.get('active_slots_only') else '')
-             + ('[remat]' if r.get('decoder_remat') else ''))
-    print(f"{label:<14}{r['dtype']:<10}{r['batch']:>4}{r['s_per_step']:>9.3f}"
-          f"{r['steps_per_s']:>9.3f}{r['clips_per_s']:>9.2f}{r['compile_s']:>10.1f}"
-          f"{mem:>16}{r['model_flops_per_step'] / 1e12:>11.3f}"
-          f"{r['xla_cost_analysis_flops'] / 1e12:>10.3f}{r['achieved_flops_per_s'] / 1e12:>9.3f}"
-          f"{mfu:>7}{nom:>7}  {vs_text}")
-
-
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--configs', default='demo,movi_c_slots,demo_eval,movi_c_slots_eval',
@@ -486,7 +379,7 @@ def main(argv=None) -> None:
   if unknown:
     raise SystemExit(f'unknown --configs {unknown}; choose from {TRAIN_CONFIGS + EVAL_CONFIGS}')
   load_start = os.getloadavg()
-  peak = run_child({'kind': 'peak'}, args.timeout)
+  peak = measure.run_child(__file__, {'kind': 'peak'}, args.timeout)
   if 'error' in peak:
     raise SystemExit(f'device probe failed: {peak["error"]}')
   results = []
@@ -497,21 +390,21 @@ def main(argv=None) -> None:
                 'batch': args.batch or DEFAULT_BATCH[name], 'steps': args.steps or DEFAULT_STEPS[name],
                 'warmup': args.warmup, 'raw_input': args.raw_input, 'variant': args.variant}
         print(f'running {name} {dtype} batch {spec["batch"]} ...', flush=True)
-        results.append(run_child(spec, args.timeout))
+        results.append(measure.run_child(__file__, spec, args.timeout))
         for k in [int(k) for k in args.active_slots.split(',') if k]:
           print(f'running {name} {dtype} batch {spec["batch"]}, {k} slots computed ...', flush=True)
-          results.append(run_child(dict(spec, num_slots=k), args.timeout))
+          results.append(measure.run_child(__file__, dict(spec, num_slots=k), args.timeout))
         if args.remat:
           print(f'running {name} {dtype} batch {spec["batch"]}, decoder remat ...', flush=True)
-          results.append(run_child(dict(spec, remat=True), args.timeout))
+          results.append(measure.run_child(__file__, dict(spec, remat=True), args.timeout))
     else:
       for dtype in args.eval_dtypes.split(','):
         spec = {'kind': 'eval', 'name': name, 'dtype': dtype, 'batch': args.eval_batch,
                 'steps': args.eval_steps, 'warmup': 1}
         print(f'running {name} {dtype} batch {args.eval_batch} ...', flush=True)
-        results.append(run_child(spec, args.timeout))
-  summarise(results, peak)
-  print_table(results, peak)
+        results.append(measure.run_child(__file__, spec, args.timeout))
+  measure.summarise(results, peak, PYTORCH_ANCHORS)
+  measure.print_table(results, peak)
   platform_name = peak['device']['platform']
   out = args.out or (REPO / 'benchmarks' / 'results' /
                      f'train_step_{"gpu" if platform_name == "gpu" else "cpu"}.json')

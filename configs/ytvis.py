@@ -7,7 +7,7 @@ r"""YouTube-VIS 2021: SlotCurri (default), SlotContrast, SSync, SlotCurri+SSync.
 
 Data: the official 2021 train split (train/JPEGImages + train/instances.json) in
 manual_dir; the last 300 videos are held out and the first 210 of them are scored
-(quirk 11; --config.eval.ytvis_num_videos=300 scores all). 518 px, 37x37 patches.
+(quirk 11; --config.data.num_eval_videos=-1 scores all). 518 px, 37x37 patches.
 Weights: DINOv2 ViT-B/14.
 
 TPU: not yet compiled for a slice at this commit (docs/scaling.md); before training, check
@@ -41,6 +41,7 @@ def get_config(variant=None):
   c.data.flip_prob = 0.0
   c.data.shuffle_buffer = 100
   c.data.eval_batch_size = 8  # reference: 1; videos are padded in time, scores are per video
+  c.data.num_eval_videos = 210  # quirk 11: the first 210 of the 300 held-out videos
   c.model.encoder.kind = 'dinov2'
   c.model.encoder.variant = 'vit_base_patch14'
   c.model.slot_dim = 64

@@ -228,7 +228,7 @@ class Program:
       raise ValueError(f'model.encoder.kind={config.model.encoder.kind!r} reads precomputed '
                        'tokens; compile a config whose encoder reads frames')
     state, _ = train.abstract_state(run, mesh)
-    train_batch, eval_batch = pipeline.batch_shapes(config)
+    train_batch, eval_batch = pipeline.batch_shapes(config, data=run.data)
     sharding = parallel.batch_sharding(mesh)
     return cls(config=config, topo=topo, mesh=mesh, run=run, state=state,
                train_batch=_with_sharding(train_batch, sharding),

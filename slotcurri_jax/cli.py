@@ -29,6 +29,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from slotcurri_jax import config as config_lib
 from slotcurri_jax.errors import UserError, is_user_error, mark, message, user_errors  # noqa: F401  (re-exported for the front doors)
 
 DEBUG_ENV = 'SLOTCURRI_DEBUG'
@@ -112,6 +113,9 @@ def describe_flag_error(error: BaseException, argv: list[str]) -> str:
 def _parse_flags(argv: list[str]) -> list[str]:
   if any(a in HELP_FLAGS for a in argv[1:]):
     show_help(argv)
+  removed = config_lib.removed_in_overrides(argv)  # a removed key: name its replacement
+  if removed:
+    fail(removed)
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # config files and overrides raise many types
@@ -129,7 +133,7 @@ def config_value(config_flag):
     config.get('method')  # ml_collections raises here for a file that did not load
   except OSError as e:
     raise UserError(describe_config_error(e)) from e
-  return config
+  return config_lib.check_removed(config)
 
 
 def check_writable(path: str, what: str) -> None:
@@ -164,7 +168,6 @@ MAIN_KEYS = ('method', 'seed', 'data.name', 'data.data_dir', 'data.resolution',
 def config_help(spec: str | None) -> str:
   """What --help says about configs: the variants and main keys of config file `spec`
   (file[:variant]), or the config files under configs/ when none is given."""
-  from slotcurri_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   lines = ['Config: --config=FILE[:VARIANT] picks a config file and a method variant '
            f'({" | ".join(config_lib.VARIANTS)}); --config.KEY=VALUE overrides any key, e.g. '
            '--config.train.steps=1000 --config.model.encoder.dtype=bfloat16 (every key and '

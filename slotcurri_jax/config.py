@@ -14,6 +14,8 @@ import pathlib
 
 import ml_collections
 
+from slotcurri_jax import errors
+
 
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -30,14 +32,15 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.data_dir = ml_collections.FieldReference(None, field_type=str)
   c.data.resolution = 336  # model input side (square), pixels
   c.data.train_clip_len = 4  # frames per training clip, chunks at 0, 4, ..., 20
-  c.data.flip_prob = 0.5  # clip-wise horizontal flip (MOVi training only)
-  c.data.shuffle_buffer = 512
+  c.data.flip_prob = 0.5  # clip-wise horizontal flip of training clips
+  c.data.shuffle_buffer = 512  # training examples the shuffle buffer holds (every dataset)
   c.data.batch_size = 128  # global training batch (all hosts together)
   c.data.eval_batch_size = 16  # global evaluation batch
   # One-hot channels of the evaluation ground truth, background included
   # (11 MOVi-C, 24 MOVi-E, 25 YT-VIS). Ids >= this are an error.
   c.data.max_instances = 11
-  c.data.num_eval_videos = -1  # -1: the whole evaluation split
+  # The first this many videos of the evaluation split; -1: all (YT-VIS: 210, quirk 11).
+  c.data.num_eval_videos = -1
   c.data.prefetch = 2  # batches prefetched to device
   # Ship uint8 frames at the stored size; resize, normalise and flip inside the jitted
   # step (data/device_preprocess.py). False: the whole transform on the host in float32.
@@ -61,7 +64,6 @@ def default_config() -> ml_collections.ConfigDict:
       num_heldout=300,  # last videos of the official train split held out
       prepass_short_side=320,
       prepass_resize='nearest_exact',  # quirk 9; 'bicubic' for the textbook pre-pass
-      shuffle_buffer=100,
   ))
 
   # ---------------------------------------------------------------- model
@@ -162,7 +164,6 @@ def default_config() -> ml_collections.ConfigDict:
       rollout='cyclic',  # 'cyclic' (SlotCurri) | 'forward' (SlotContrast, SSync)
       all_slots=True,  # quirk 7: evaluate with all max_slots rows in every stage
       ignore_background=True,
-      ytvis_num_videos=210,  # quirk 11
       steps=-1,  # evaluation batches in periodic evaluation; -1: whole split
   ))
 
@@ -184,6 +185,45 @@ def default_config() -> ml_collections.ConfigDict:
 
 VARIANTS = ('slotcurri', 'slotcontrast', 'ssync', 'slotcurri_ssync')
 
+# Keys that were removed, each with the key that now holds its fact (one key per fact).
+REMOVED_KEYS = {
+    'data.ytvis.shuffle_buffer': 'data.shuffle_buffer',
+    'eval.ytvis_num_videos': 'data.num_eval_videos',
+}
+
+
+def removed_key_error(key: str) -> str:
+  """The one-line message for a removed config key."""
+  return (f'config key {key} was removed: use {REMOVED_KEYS[key]} '
+          '(every key is declared in slotcurri_jax/config.py)')
+
+
+def removed_in_overrides(argv) -> str | None:
+  """The message for the first removed key among --config.KEY=VALUE overrides, else None."""
+  for arg in argv:
+    key = arg.lstrip('-').partition('=')[0]
+    if key.startswith('config.') and key[len('config.'):] in REMOVED_KEYS:
+      return removed_key_error(key[len('config.'):])
+  return None
+
+
+def check_removed(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`c`, unless a config file set a removed key: then a user error naming its replacement."""
+  flat = {k for k, _ in _flat_items(c)}
+  for key in REMOVED_KEYS:
+    if key in flat:
+      raise errors.UserError(removed_key_error(key))
+  return c
+
+
+def _flat_items(c, prefix: str = ''):
+  """('a.b.c', value) for every leaf of a ConfigDict."""
+  for k, v in c.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      yield from _flat_items(v, f'{prefix}{k}.')
+    else:
+      yield f'{prefix}{k}', v
+
 
 def load(spec: str) -> ml_collections.ConfigDict:
   """'configs/movi_c.py' or 'configs/movi_c.py:slotcontrast' -> that file's get_config(variant).
@@ -197,7 +237,7 @@ def load(spec: str) -> ml_collections.ConfigDict:
   module_spec = importlib.util.spec_from_file_location(pathlib.Path(file).stem + '_config', file)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  return module.get_config(variant or None)
+  return check_removed(module.get_config(variant or None))
 
 
 def set_method(c: ml_collections.ConfigDict, variant: str | None) -> str:

@@ -56,16 +56,19 @@ def make_predictor(config, run, mesh=None) -> predict_lib.Predictor:
 
 
 def evaluate(config, predictor: predict_lib.Predictor, state, mesh, *, workdir: str,
-             writer=None, max_batches: int = -1, batches: Iterator[dict] | None = None) -> dict:
+             writer=None, max_batches: int = -1, batches: Iterator[dict] | None = None,
+             data: datasets.Dataset | None = None) -> dict:
   """Evaluate `state.params` on the validation split; write JSON (+ figures) under workdir/eval.
 
-  predictor: `make_predictor(config, run, mesh)`, built once per run."""
+  predictor: `make_predictor(config, run, mesh)`, built once per run; data: the run's
+  Dataset (`run.data`; made from config when None)."""
+  data = data if data is not None else datasets.Dataset.from_config(config)
   step = int(jax.device_get(state.step))
   active = predictor.active_mask(state.step)
   total = None
   if batches is None:
-    batches = pipeline.eval_iterator(config)
-    total = pipeline.num_eval_batches(config)
+    batches = pipeline.eval_iterator(config, data=data)
+    total = pipeline.num_eval_batches(config, data=data)
     total = min(total, max_batches) if max_batches >= 0 else total
   scores: dict[str, list[float]] = {}
   figures: list[np.ndarray] = []
@@ -76,7 +79,7 @@ def evaluate(config, predictor: predict_lib.Predictor, state, mesh, *, workdir: 
       if 0 <= max_batches <= i:
         break
       num_videos += _score_batch(host_batch, predictor, state.params, active, mesh, config,
-                                 scores, figures)
+                                 data.spec.metric_convention, scores, figures)
       bar.update(1)
   if num_videos == 0:
     raise ValueError('evaluation saw no video: the validation split is empty or all padding')
@@ -99,8 +102,8 @@ def evaluate(config, predictor: predict_lib.Predictor, state, mesh, *, workdir: 
   return results
 
 
-def _score_batch(host_batch: dict, predictor, params, active, mesh, config, scores: dict,
-                 figures: list) -> int:
+def _score_batch(host_batch: dict, predictor, params, active, mesh, config, convention: str,
+                 scores: dict, figures: list) -> int:
   """Score one evaluation batch into `scores` (and `figures`); returns its real videos."""
   batch = parallel.host_to_global(host_batch, mesh)
   out = jax.device_get(predictor(params, device_preprocess.model_input(batch), active,
@@ -113,7 +116,7 @@ def _score_batch(host_batch: dict, predictor, params, active, mesh, config, scor
     t = int(full['num_frames'][b])
     pred = out['ids'][b:b + 1, :t]
     true = full['segmentations'][b:b + 1, :t]
-    _add_video_scores(scores, pred, true, config)
+    _add_video_scores(scores, pred, true, config, convention)
     count += 1
     if len(figures) < config.train.image_summaries:
       figures.append(_clip_figure(device_preprocess.host_video(full, b, config)[:t], pred[0],
@@ -121,9 +124,10 @@ def _score_batch(host_batch: dict, predictor, params, active, mesh, config, scor
   return count
 
 
-def _add_video_scores(scores: dict, pred: np.ndarray, true: np.ndarray, config) -> None:
-  """pred, true: [1, T, H, W] int ids of one video."""
-  convention = datasets.dataset_spec(config).metric_convention
+def _add_video_scores(scores: dict, pred: np.ndarray, true: np.ndarray, config,
+                      convention: str) -> None:
+  """pred, true: [1, T, H, W] int ids of one video; convention: the dataset spec's
+  metric_convention."""
   v = metrics_lib.video_scores(pred, true, ignore_background=bool(config.eval.ignore_background),
                                convention=convention)
   for k in ('ari', 'mbo', 'fragmentation'):

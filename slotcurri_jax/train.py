@@ -4,7 +4,7 @@
       -> metric writers / periodic evaluation / checkpoints
 
 A run is made of a few objects built once from the config (`Run.from_config`): the
-encoder spec, the model, the curriculum and the objective. The train step, the
+encoder spec, the model, the curriculum, the objective and the dataset. The train step, the
 golden-trajectory replay (tools/check_fixture.py) and the benchmarks call these same
 objects, so the step that is checked against the original is the step that trains.
 
@@ -16,13 +16,9 @@ compiled once per curriculum stage instead, and computes only that stage's slots
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any, Callable
 
 from absl import logging
-from clu import metric_writers
-from clu import metrics as clu_metrics
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,8 +34,10 @@ from slotcurri_jax import evaluate as evaluate_lib
 from slotcurri_jax import objective as objective_lib
 from slotcurri_jax import parallel
 from slotcurri_jax import params as params_lib
+from slotcurri_jax import train_log
 from slotcurri_jax import train_state as train_state_lib
 from slotcurri_jax import visualize
+from slotcurri_jax.data import datasets
 from slotcurri_jax.data import device_preprocess
 from slotcurri_jax.data import pipeline
 from slotcurri_jax.models import encoders
@@ -52,19 +50,23 @@ TrainState = train_state_lib.TrainState
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  """The objects a training run is made of, each built once from the config."""
+  """The objects a training run is made of, each built once from the config: the model
+  side (encoder spec, model, curriculum, objective) and the data side (`data`: the
+  dataset's spec, and its builder once read)."""
   config: Any
   spec: encoders.EncoderSpec
   model: video_model.VideoSlotModel
   curriculum: curriculum_lib.Curriculum
   objective: objective_lib.Objective
+  data: datasets.Dataset
 
   @classmethod
   def from_config(cls, config) -> 'Run':
     spec = encoders.encoder_spec(config)
     return cls(config=config, spec=spec, model=video_model.build_model(config, spec),
                curriculum=curriculum_lib.Curriculum.from_config(config),
-               objective=objective_lib.Objective.from_config(config, (spec.grid, spec.grid)))
+               objective=objective_lib.Objective.from_config(config, spec.grid),
+               data=datasets.Dataset.from_config(config))
 
 
 # --------------------------------------------------------------------------- state
@@ -80,7 +82,7 @@ def create_state(run: Run, mesh, rng: jax.Array, params: Any = None) -> tuple[Tr
   """
   config = run.config
   # First: missing weights fail before compiling.
-  pretrained = encoders.load_encoder_params(config) if params is None else None
+  pretrained = encoders.load_encoder_params(config, run.spec) if params is None else None
   init = _state_init(run, rng)
   shardings = state_shardings(jax.eval_shape(init), config, mesh)
   state = jax.jit(init, out_shardings=shardings)()
@@ -248,88 +250,83 @@ def stage_train_steps(run: Run, mesh, shardings, *, diagnostics: bool = False
 # --------------------------------------------------------------------------- the loop
 
 def train_and_evaluate(config, workdir: str, *, evaluate_at_end: bool = True) -> dict:
-  """Train (resuming from workdir's last checkpoint) and evaluate; returns the final eval metrics."""
+  """Train (resuming from workdir's last checkpoint) and evaluate; returns the final eval
+  metrics, or {'preempted_at_step': k} when a signal stopped the run after saving step k."""
   workdir = epath.Path(workdir)
-  with errors.user_errors():  # bad config values, missing data or weights
-    pipeline.check_available(config, splits=('train', 'validation') if evaluate_at_end else ('train',))
-    mesh = parallel.mesh_from_config(config)
-    run = Run.from_config(config)  # the encoder, model, curriculum and objective
+  run, mesh = _open_run(config, ('train', 'validation') if evaluate_at_end else ('train',))
   predictor = evaluate_lib.make_predictor(config, run, mesh)  # compiled once per run
   workdir.mkdir(parents=True, exist_ok=True)
   ckpt = checkpoint_lib.Checkpointer(str(workdir), config)
   ckpt.check_compatible(params_lib.template(run.model, run.spec, config))
+  state, shardings = _start_state(run, mesh, ckpt)
+  start_step, total_steps = int(jax.device_get(state.step)), config.train.steps
+  train_step_for = stage_train_steps(run, mesh, shardings)
+  batches = pipeline.prefetch_to_device(
+      pipeline.train_iterator(config, start_step=start_step, data=run.data), mesh,
+      config.data.prefetch)
 
-  # Missing or mismatched pretrained weights are the user's; other errors of the init are bugs.
+  def evaluate(state, max_batches: int) -> dict:  # into workdir/eval and TensorBoard
+    return evaluate_lib.evaluate(config, predictor, state, mesh, workdir=str(workdir),
+                                 writer=log.writer, max_batches=max_batches, data=run.data)
+
+  with checkpoint_lib.PreemptionGuard(ckpt) as guard, train_log.TrainLog(
+      config, workdir, start_step) as log:
+    for step in range(start_step + 1, total_steps + 1):  # step: updates done after this one
+      state, metrics = train_step_for(step - 1)(state, next(batches))
+      log.dispatched(metrics)
+      if _due(step, config.train.log_every_steps, total_steps):
+        log.write(step)
+      preempted = guard.reached(step)
+      if _due(step, config.train.checkpoint_every_steps, total_steps) or preempted:
+        ckpt.save(state, force=preempted)
+      if preempted:
+        return _stop(ckpt, log, step, guard.signal_name)
+      if _due(step, config.train.eval_every_steps) and step != total_steps:
+        evaluate(state, config.eval.steps)
+  ckpt.close()
+  final_metrics = evaluate(state, -1) if evaluate_at_end else {}
+  if evaluate_at_end and log.is_chief:
+    visualize.training_curves(log.history(), str(workdir / 'training_curves.png'))
+  log.writer.flush()
+  return final_metrics
+
+
+def _open_run(config, splits: tuple[str, ...]) -> tuple[Run, Any]:
+  """The run and its mesh, after checking that the data's `splits` are there. Bad config
+  values and missing data are the user's errors."""
+  with errors.user_errors():
+    run = Run.from_config(config)  # the encoder, model, curriculum, objective and dataset
+    pipeline.check_available(config, splits, data=run.data)
+    return run, parallel.mesh_from_config(config)
+
+
+def _start_state(run: Run, mesh, ckpt: checkpoint_lib.Checkpointer) -> tuple[TrainState, Any]:
+  """The state to train from (workdir's latest checkpoint, else a fresh one), and its
+  shardings. Missing or mismatched pretrained weights are the user's errors; other
+  errors of the init are bugs."""
   with errors.user_errors(FileNotFoundError, ImportError, ValueError,
-                       match=r'weights|model\.encoder|not found'):
-    state, shardings = create_state(run, mesh, jax.random.PRNGKey(config.seed))
+                          match=r'weights|model\.encoder|not found'):
+    state, shardings = create_state(run, mesh, jax.random.PRNGKey(run.config.seed))
   if ckpt.latest_step() is not None:
     state = ckpt.restore(checkpoint_lib.abstract_like(state))
     logging.info('resumed from step %d', int(state.step))
-  start_step = int(jax.device_get(state.step))
-  train_step_for = stage_train_steps(run, mesh, shardings)
+  return state, shardings
 
-  is_chief = jax.process_index() == 0
-  writer = metric_writers.create_default_writer(str(workdir / 'tensorboard'), just_logging=not is_chief)
-  if start_step == 0:
-    writer.write_hparams(_flat_hparams(config))
-  total_steps = config.train.steps
-  history_path = workdir / 'train_history.jsonl'
-  if is_chief:
-    _truncate_history(history_path, start_step)
 
-  batches = pipeline.prefetch_to_device(
-      pipeline.train_iterator(config, start_step=start_step), mesh, config.data.prefetch)
-  pending: list[dict] = []
-  final_metrics: dict = {}
-  with checkpoint_lib.PreemptionGuard(ckpt) as guard, progress.progress_bar(
-      total_steps, start_step, desc='train', enabled=is_chief) as bar:
-    step = start_step
-    in_flight = None  # metrics of the step dispatched before the newest one
-    while step < total_steps:
-      state, metrics = train_step_for(step)(state, next(batches))
-      step += 1
-      # At most two steps in flight: the host never runs ahead of the device, so a
-      # signal is answered within one or two steps, and the bar counts computed steps.
-      if in_flight is not None:
-        jax.block_until_ready(in_flight)
-        bar.update(1)
-      in_flight = metrics
-      pending.append(metrics)
-      if step % config.train.log_every_steps == 0 or step == total_steps:
-        scalars = _mean_metrics(pending)  # blocks on this step: the bar catches up
-        bar.update(step - bar.n)
-        pending = []
-        bar.set_postfix(loss=f'{scalars["loss_total"]:.4g}',  # the window's mean loss
-                        slots=int(jax.device_get(metrics['active_slots'])),  # now, not a mean
-                        refresh=False)
-        rate = None if bar.disable else bar.format_dict.get('rate')  # computed steps/s
-        writer.write_scalars(step, dict(scalars, **({'steps_per_sec': rate} if rate else {})))
-        if is_chief:
-          with history_path.open('a') as f:
-            f.write(json.dumps({'step': step, **scalars}) + '\n')
-      preempted = guard.reached(step)
-      if (step % config.train.checkpoint_every_steps == 0 or step == total_steps or preempted):
-        ckpt.save(state, force=preempted)
-      if preempted:
-        ckpt.close()
-        bar.update(step - bar.n)  # the saved step is computed
-        logging.warning('%s: saved step %d in %s; run the same command to resume',
-                        guard.signal_name, step, ckpt.directory)
-        writer.flush()
-        return {'preempted_at_step': step}
-      if (config.train.eval_every_steps > 0 and step % config.train.eval_every_steps == 0
-          and step != total_steps):
-        evaluate_lib.evaluate(config, predictor, state, mesh, workdir=str(workdir), writer=writer,
-                              max_batches=config.eval.steps)
+def _due(step: int, every: int, last: int | None = None) -> bool:
+  """Whether `step` is a multiple of `every` (0: never), or the `last` step."""
+  return (every > 0 and step % every == 0) or step == last
+
+
+def _stop(ckpt: checkpoint_lib.Checkpointer, log: train_log.TrainLog, step: int,
+          signal_name: str) -> dict:
+  """End a signalled run whose step `step` was just saved."""
   ckpt.close()
-  if evaluate_at_end:
-    final_metrics = evaluate_lib.evaluate(config, predictor, state, mesh, workdir=str(workdir),
-                                          writer=writer, max_batches=-1)
-    if is_chief:
-      visualize.training_curves(_read_history(history_path), str(workdir / 'training_curves.png'))
-  writer.flush()
-  return final_metrics
+  log.caught_up(step)  # the saved step is computed
+  logging.warning('%s: saved step %d in %s; run the same command to resume', signal_name, step,
+                  ckpt.directory)
+  log.writer.flush()
+  return {'preempted_at_step': step}
 
 
 def evaluate_checkpoint(config, checkpoint: str, workdir: str, *,
@@ -341,16 +338,15 @@ def evaluate_checkpoint(config, checkpoint: str, workdir: str, *,
   what the params mean (else a user error lists the differences); with
   `use_checkpoint_config` the saved config is used instead. The step reported is the
   saved state's own step."""
-  with errors.user_errors():  # bad config values, missing data, weights or checkpoint
+  with errors.user_errors():  # a missing or unreadable checkpoint, a config that differs
     loaded = checkpoint_lib.load(checkpoint)
     config = compat.config_for_checkpoint(config, loaded.source, loaded.step, loaded.config,
                                           loaded.schedule, use_saved=use_checkpoint_config)
-    pipeline.check_available(config, splits=('validation',))
-    mesh = parallel.mesh_from_config(config)
-    run = Run.from_config(config)
+  run, mesh = _open_run(config, ('validation',))
+  with errors.user_errors():  # missing weights
     params = dict(loaded.params)
     if 'encoder' not in params:  # imported reference checkpoints may leave out the frozen backbone
-      pretrained = encoders.load_encoder_params(config)
+      pretrained = encoders.load_encoder_params(config, run.spec)
       if pretrained is not None:
         params['encoder'] = pretrained
     params_lib.check_fits(params, params_lib.template(run.model, run.spec, config),
@@ -359,7 +355,7 @@ def evaluate_checkpoint(config, checkpoint: str, workdir: str, *,
   state = _EvalState(params=jax.device_put(params, parallel.replicated(mesh)),
                      step=jnp.asarray(loaded.step))
   return evaluate_lib.evaluate(config, evaluate_lib.make_predictor(config, run, mesh), state,
-                               mesh, workdir=workdir, max_batches=-1)
+                               mesh, workdir=workdir, max_batches=-1, data=run.data)
 
 
 @dataclasses.dataclass
@@ -367,39 +363,3 @@ class _EvalState:
   """The two fields evaluation reads from a TrainState."""
   params: Any
   step: jax.Array
-
-
-def _mean_metrics(pending: list[dict]) -> dict:
-  """The mean of each scalar metric over the steps since the last log line (clu's Average)."""
-  fetched = jax.device_get(pending)
-  averages = clu_metrics.Collection.create(
-      **{k: clu_metrics.Average.from_output(k) for k in fetched[0]})
-  merged = averages.single_from_model_output(**fetched[0])
-  for m in fetched[1:]:
-    merged = merged.merge(averages.single_from_model_output(**m))
-  return {k: float(v) for k, v in merged.compute().items()}
-
-
-def _read_history(path) -> dict:
-  history: dict = {}
-  if not path.exists():
-    return history
-  for line in path.read_text().splitlines():
-    row = json.loads(line)
-    for k, v in row.items():
-      if k != 'step':
-        history.setdefault(k, []).append((row['step'], v))
-  return history
-
-
-def _truncate_history(path, start_step: int) -> None:
-  """Drop rows logged after the checkpoint we resume from (they will be logged again)."""
-  if path.exists():
-    rows = [l for l in path.read_text().splitlines() if json.loads(l)['step'] <= start_step]
-    path.write_text(''.join(r + '\n' for r in rows))
-
-
-def _flat_hparams(config) -> dict:
-  """The config as {'train.steps': 1200, ...}: scalars as they are, the rest as text."""
-  flat = flax.traverse_util.flatten_dict(json.loads(config.to_json_best_effort()), sep='.')
-  return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}

@@ -26,6 +26,25 @@ def test_bad_command_line_is_one_message(capsys, tmp_path, args, expected):
   assert snapshot(tmp_path) == {}
 
 
+def test_a_removed_config_key_names_its_replacement(capsys, tmp_path):
+  """On the command line and in a config file: one line naming the key that replaced it."""
+  config_file = tmp_path / 'old.py'
+  config_file.write_text('from slotcurri_jax import config as config_lib\n\n\n'
+                         'def get_config(variant=None):\n'
+                         '  c = config_lib.default_config()\n'
+                         '  c.data.ytvis.shuffle_buffer = 100\n'
+                         '  return c\n')
+  for args, key, replacement in [
+      (('--config=configs/ytvis.py', '--config.eval.ytvis_num_videos=300'),
+       'eval.ytvis_num_videos', 'data.num_eval_videos'),
+      ((f'--config={config_file}',), 'data.ytvis.shuffle_buffer', 'data.shuffle_buffer')]:
+    status, _, err = run_main(capsys, *args, f'--workdir={tmp_path}/w')
+    assert status == 1 and 'Traceback' not in err
+    assert error_lines(err) == [f'error: config key {key} was removed: use {replacement} '
+                                '(every key is declared in slotcurri_jax/config.py)']
+  assert 'w' not in snapshot(tmp_path)
+
+
 def test_missing_data_and_weights_are_one_message_and_write_nothing(capsys, tmp_path,
                                                                     tiny_data_dir, monkeypatch):
   monkeypatch.setenv('HF_HUB_OFFLINE', '1')  # no download attempt (test_dinov2_download has one)

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from cli_helpers import error_lines, run_main, tiny_data_dir  # noqa: F401  (a fixture)
 
+from slotcurri_jax.data import datasets
 from slotcurri_jax.data import pipeline
 
 
@@ -70,7 +71,7 @@ def test_transient_read_errors_are_retried_without_changing_a_batch(tiny_data_di
 
 def test_persistent_read_errors_give_up_naming_the_file(tiny_data_dir, monkeypatch):
   config = _config(tiny_data_dir)
-  shard = pipeline._builder(config).info.splits['train[0:8]'].file_instructions[0].filename
+  shard = datasets.Dataset.from_config(config).builder.info.splits['train[0:8]'].file_instructions[0].filename
   _flaky(monkeypatch, failures=100, at_call=1, path=shard)
   with pytest.raises(OSError) as error:
     next(pipeline.train_iterator(config))

@@ -298,11 +298,11 @@ def test_eval_centre_crop_ids_and_time_padding(fake):
 
 def test_eval_takes_the_first_held_out_videos(fake):
   config, _, _ = fake
-  config.eval.ytvis_num_videos = 1
+  kept, config.data.num_eval_videos = config.data.num_eval_videos, 1
   try:
     batches = list(pipeline.eval_iterator(config))
   finally:
-    config.eval.ytvis_num_videos = 210
+    config.data.num_eval_videos = kept
   assert batches[0]['padding_mask'].tolist() == [True, False]
   assert batches[0]['num_frames'][0] == 9 and batches[0]['video'].shape[1] == 16
 

@@ -61,7 +61,7 @@ def test_largest_batch_halves_until_it_fits(monkeypatch):
                 clips_per_s=100.0, compile_s=1.0, device_peak_bytes=b * gb,
                 model_flops_per_step=1e12 * b, xla_cost_analysis_flops=1e12 * b)
 
-  monkeypatch.setattr(gpu_check.ts, 'run_child', fake_child)
+  monkeypatch.setattr(gpu_check, 'train_step_child', fake_child)
   out = gpu_check.train_steps(cpu=False, steps=2)
   # 1 GB per clip + 4 GB fixed: the estimate is 64, which fails; its half, 32, was measured.
   assert tried == [('float32', 8), ('float32', 32), ('float32', 64),

@@ -330,6 +330,9 @@ def test_cnn_encoder_targets_are_patch_pixels_and_it_trains():
   grads = jax.jit(jax.grad(lambda prm: jnp.sum(encode(prm)[0] ** 2)))(params)
   assert np.abs(np.asarray(grads['encoder']['patchify']['kernel'])).max() > 0
   assert encoders.load_encoder_params(config) is None
+  config.model.encoder.weights = '/some/weights.npz'  # the CNN has none to load: say so
+  with pytest.raises(ValueError, match=r"^model.encoder.kind='cnn' has no pretrained weights"):
+    encoders.load_encoder_params(config)
 
 
 @pytest.mark.parametrize('kernel,patchify', [(4, True), (3, False), (1, False)])

@@ -1,5 +1,10 @@
-"""The dataset registry: config.data.name -> the DatasetSpec its module declares."""
+"""The dataset registry (config.data.name -> the DatasetSpec its module declares) and
+`Dataset`, the data side of a run: the spec looked up once and its builder built once."""
 from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
 
 from slotcurri_jax.data import movi
 from slotcurri_jax.data import spec as spec_lib
@@ -19,3 +24,23 @@ def dataset_spec(config) -> spec_lib.DatasetSpec:
   if name not in DATASETS:
     raise ValueError(f'config.data.name={name!r}; choose one of {sorted(DATASETS)}')
   return DATASETS[name]
+
+
+@dataclasses.dataclass(eq=False)  # one per run, compared by identity
+class Dataset:
+  """One dataset as a run reads it: `spec` (looked up when the Dataset is made) and
+  `builder`, the prepared TFDS builder, built on first use and then kept (a MOVi builder
+  reads its dataset_info.json, after a network probe for a gs:// data_dir; synthetic_movi
+  and YT-VIS may generate or check their files). Shapes (`pipeline.batch_shapes`) need
+  only the spec, so a Dataset that is never read never builds."""
+  config: Any
+  spec: spec_lib.DatasetSpec
+
+  @classmethod
+  def from_config(cls, config) -> 'Dataset':
+    return cls(config=config, spec=dataset_spec(config))
+
+  @functools.cached_property
+  def builder(self) -> Any:
+    """The prepared builder; raises FileNotFoundError with how to get the data."""
+    return self.spec.builder(self.config)

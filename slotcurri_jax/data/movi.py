@@ -221,8 +221,7 @@ def spec(name: str, build=builder) -> spec_lib.DatasetSpec:
       train_decoders=TRAIN_DECODERS, eval_decoders=EVAL_DECODERS,
       train_example=train_example, train_example_raw=train_example_raw,
       eval_example=eval_example, eval_example_raw=eval_example_raw,
-      check_video=check_video, shuffle_buffer=lambda config: config.data.shuffle_buffer,
-      eval_lengths=lambda builder: None, eval_limit=lambda config: None,
+      check_video=check_video, eval_lengths=lambda builder: None,
       eval_frame_side=stored_side, train_frame_side=stored_side,
       max_eval_frames=lambda config: (config.data.synthetic.num_frames
                                       if name == 'synthetic_movi' else MOVI_FRAMES),

@@ -6,6 +6,9 @@
   prefetch_to_device(it, mesh, n)  host batches -> global sharded jax.Arrays, n in flight
   batch_shapes(config)             the global batches' shapes, without reading data
 
+Each takes `data=`, the run's `datasets.Dataset` (train.Run.data): its spec and builder
+are made once per run. Without it (tests, notebooks) one is made for the call.
+
 Determinism. A training batch is a function of (config.seed, process_index,
 step) only, so a job resumed at step k sees exactly the batches the
 uninterrupted job saw from step k on:
@@ -49,9 +52,9 @@ _STREAM_TRAIN, _STREAM_EPOCH = 1, 2  # fold-in tags of the two random streams
 
 # --------------------------------------------------------------------------- datasets
 
-def _builder(config) -> tfds.core.DatasetBuilder:
-  """The prepared builder; raises FileNotFoundError with how to get the data."""
-  return datasets.dataset_spec(config).builder(config)
+def _dataset(config, data: datasets.Dataset | None) -> datasets.Dataset:
+  """The run's Dataset, or one made from `config` for this call."""
+  return data if data is not None else datasets.Dataset.from_config(config)
 
 
 def _processes(process_index, process_count) -> tuple[int, int]:
@@ -81,26 +84,26 @@ def _num_examples(builder, split: str, config) -> int:
 
 
 def _eval_count(builder, config) -> int:
-  """Evaluated videos: num_eval_videos (-1: all) and the dataset's own limit (YT-VIS:
-  eval.ytvis_num_videos, quirk 11)."""
+  """Evaluated videos: the first data.num_eval_videos of the split (-1: all; YT-VIS: 210
+  of the 300 held out, quirk 11, set in configs/ytvis.py)."""
   count = _num_examples(builder, EVAL_SPLIT, config)
-  limits = [config.data.num_eval_videos, datasets.dataset_spec(config).eval_limit(config)]
-  for limit in limits:
-    if limit is not None and limit >= 0:
-      count = min(count, limit)
+  limit = config.data.num_eval_videos
+  if limit >= 0:
+    count = min(count, limit)
   if count == 0:
-    raise ValueError('config.data.num_eval_videos=0 / eval.ytvis_num_videos=0: nothing to evaluate')
+    raise ValueError('config.data.num_eval_videos=0: nothing to evaluate')
   return count
 
 
-def check_available(config, splits: Sequence[str] = ('train', 'validation')) -> None:
+def check_available(config, splits: Sequence[str] = ('train', 'validation'), *,
+                    data: datasets.Dataset | None = None) -> None:
   """Raise a clear error unless every split is there and non-empty on this host.
 
   A missing data_dir or dataset raises FileNotFoundError with the copy command
   (MOVi) or the download page and folder layout (YT-VIS); synthetic_movi is
   generated into data_dir instead (a few minutes at most, once).
   """
-  builder = _builder(config)
+  builder = _dataset(config, data).builder
   p, n = _processes(None, None)
   for split in splits:
     total = _eval_count(builder, config) if split == EVAL_SPLIT else (
@@ -254,8 +257,17 @@ def _retrying(open_at: Callable[[int], Iterator], records: _Records, config) -> 
 
 # --------------------------------------------------------------------------- training
 
+def _host_batch(config, key: str, n: int) -> int:
+  """The batch of one of n hosts: config.data.<key> (a global batch) // n."""
+  size = config.data[key]
+  if size % n:
+    raise ValueError(f'config.data.{key}={size} does not split over {n} processes')
+  return size // n
+
+
 def train_iterator(config, *, start_step: int = 0, process_index: int | None = None,
-                   process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+                   process_count: int | None = None, data: datasets.Dataset | None = None
+                   ) -> Iterator[dict[str, np.ndarray]]:
   """Infinite host-local training batches {'video': float32 [B_host, T, R, R, 3]}, or with
   config.data.preprocess_on_device raw batches {'frames': uint8, 'size', 'crop', 'flip'}
   (data/device_preprocess.py) that the train step turns into that video.
@@ -264,17 +276,14 @@ def train_iterator(config, *, start_step: int = 0, process_index: int | None = N
   those the iterator from step 0 yields after k batches (see module doc).
   """
   p, n = _processes(process_index, process_count)
-  if config.data.batch_size % n:
-    raise ValueError(f'config.data.batch_size={config.data.batch_size} does not split over '
-                     f'{n} processes')
-  batch = config.data.batch_size // n
-  spec = datasets.dataset_spec(config)
-  builder = spec.builder(config)
+  batch = _host_batch(config, 'batch_size', n)
+  data = _dataset(config, data)
+  spec, builder = data.spec, data.builder
   start, stop = _host_range(_num_examples(builder, 'train', config), p, n)
   records = _Records(builder, 'train', start, stop, spec.train_decoders)
   if records.size == 0:
     raise ValueError(f'process {p} of {n} has no training examples in {builder.data_dir}')
-  buffer = spec.shuffle_buffer(config)
+  buffer = config.data.shuffle_buffer
   key = tf.constant([config.seed, p], tf.int64)
   epoch_key = tf.random.experimental.stateless_fold_in(key, _STREAM_EPOCH)
   element_key = tf.random.experimental.stateless_fold_in(key, _STREAM_TRAIN)
@@ -307,16 +316,24 @@ def train_iterator(config, *, start_step: int = 0, process_index: int | None = N
 
 # --------------------------------------------------------------------------- evaluation
 
-def num_eval_batches(config, process_count: int | None = None) -> int:
+def _eval_plan(config, builder, n: int) -> tuple[int, list[tuple[int, int]], int]:
+  """(host batch, each host's [start, stop) of the evaluated videos, batches per host:
+  the same on every host)."""
+  batch = _host_batch(config, 'eval_batch_size', n)
+  total = _eval_count(builder, config)
+  ranges = [_host_range(total, q, n) for q in range(n)]
+  return batch, ranges, math.ceil(max(b - a for a, b in ranges) / batch)
+
+
+def num_eval_batches(config, process_count: int | None = None, *,
+                     data: datasets.Dataset | None = None) -> int:
   """How many batches `eval_iterator` yields (the same on every host)."""
   _, n = _processes(None, process_count)
-  batch = config.data.eval_batch_size // n
-  total = _eval_count(_builder(config), config)
-  return math.ceil(max(b - a for a, b in (_host_range(total, q, n) for q in range(n))) / batch)
+  return _eval_plan(config, _dataset(config, data).builder, n)[2]
 
 
-def eval_iterator(config, *, process_index: int | None = None,
-                  process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+def eval_iterator(config, *, process_index: int | None = None, process_count: int | None = None,
+                  data: datasets.Dataset | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Finite host-local evaluation batches of whole videos:
 
     video          float32 [B_host, T_pad, R, R, 3]
@@ -332,15 +349,9 @@ def eval_iterator(config, *, process_index: int | None = None,
   stored size (zero-padded to the batch's largest), size, crop, flip.
   """
   p, n = _processes(process_index, process_count)
-  if config.data.eval_batch_size % n:
-    raise ValueError(f'config.data.eval_batch_size={config.data.eval_batch_size} does not '
-                     f'split over {n} processes')
-  batch = config.data.eval_batch_size // n
-  spec = datasets.dataset_spec(config)
-  builder = spec.builder(config)
-  total = _eval_count(builder, config)
-  ranges = [_host_range(total, q, n) for q in range(n)]
-  num_batches = math.ceil(max(b - a for a, b in ranges) / batch)
+  data = _dataset(config, data)
+  spec, builder = data.spec, data.builder
+  batch, ranges, num_batches = _eval_plan(config, builder, n)
   lengths = spec.eval_lengths(builder)  # None: every video has the builder's length
   fixed = builder.info.features['video'].shape[0] if lengths is None else None
   records = _Records(builder, EVAL_SPLIT, *ranges[p], spec.eval_decoders)
@@ -426,12 +437,12 @@ def _pad_raw_batch(videos: list[dict], batch: int, t_pad: int, size: int, side: 
 
 # --------------------------------------------------------------------------- shapes
 
-def batch_shapes(config) -> tuple[dict, dict]:
+def batch_shapes(config, *, data: datasets.Dataset | None = None) -> tuple[dict, dict]:
   """(train, eval): the global batches the iterators above yield (all hosts together), as
   jax.ShapeDtypeStruct leaves, read from the config and the DatasetSpec only (no data):
   the shapes the train and eval steps are compiled for (tools/aot.py). Eval is the
   longest evaluation batch (DatasetSpec.max_eval_frames)."""
-  spec = datasets.dataset_spec(config)
+  spec = _dataset(config, data).spec
   struct = jax.ShapeDtypeStruct
   b, t, r = config.data.batch_size, config.data.train_clip_len, config.data.resolution
   e, t_eval = config.data.eval_batch_size, spec.max_eval_frames(config)

@@ -27,10 +27,8 @@ class DatasetSpec:
   eval_example(example, config) / eval_example_raw: one whole video with its
     segmentations [T, R, R] int32 ids, num_frames and what `check_video` reads.
   check_video(video, video_name, config): raise on labels the config cannot hold.
-  shuffle_buffer(config): training shuffle-buffer size.
   eval_lengths(builder): per-video lengths of the evaluation split in order, or None
     when every video has the builder's fixed length.
-  eval_limit(config): at most this many evaluation videos (None: no limit of its own).
   eval_frame_side(config): the side S of the stored evaluation frames that raw batches
     carry (each frame fits in S x S; batches are padded to it on every host).
   train_frame_side(config): the side of the square uint8 frames a raw training clip
@@ -48,9 +46,7 @@ class DatasetSpec:
   eval_example: Callable[[dict, Any], dict]
   eval_example_raw: Callable[[dict, Any], dict]
   check_video: Callable[[dict, str, Any], None]
-  shuffle_buffer: Callable[[Any], int]
   eval_lengths: Callable[[Any], Optional[list]]
-  eval_limit: Callable[[Any], Optional[int]]
   eval_frame_side: Callable[[Any], int]
   train_frame_side: Callable[[Any], int]
   max_eval_frames: Callable[[Any], int]

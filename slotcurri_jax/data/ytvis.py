@@ -20,7 +20,7 @@ training videos. The convention, shared by SlotContrast, SlotCurri and SSync:
   worker, its epoch logic takes ceil(200 / 30) = 7 videos per shard x 30 shards
   = 210 videos, which matches the 210 samples reported in
   martius-lab/slotcontrast issue #6. We reproduce it as the first 210 videos in
-  manifest order (`config.eval.ytvis_num_videos = 210`; 300 scores all). The
+  manifest order (`data.num_eval_videos = 210` in configs/ytvis.py; -1 or 300 scores all). The
   reference's subset depends on its number of GPUs (each of 2 ranks takes 105
   videos from its own half of the shards), so papers trained on 2 GPUs may have
   scored a slightly different 210.
@@ -534,10 +534,8 @@ DATASET_SPEC = spec_lib.DatasetSpec(
     name='ytvis', builder=prepare, train_decoders=TRAIN_DECODERS, eval_decoders=EVAL_DECODERS,
     train_example=train_example, train_example_raw=train_example_raw,
     eval_example=eval_example, eval_example_raw=eval_example_raw, check_video=check_video,
-    shuffle_buffer=lambda config: config.data.ytvis.shuffle_buffer,
     # The held-out videos vary in length (the manifest has them, in order).
     eval_lengths=lambda builder: [v['num_frames'] for v in read_manifest(builder)['heldout']],
-    eval_limit=lambda config: config.eval.ytvis_num_videos,  # quirk 11
     # Evaluation ships each pre-passed video's centre square, whose side is the short side.
     eval_frame_side=lambda config: config.data.ytvis.prepass_short_side,
     train_frame_side=raw_window,

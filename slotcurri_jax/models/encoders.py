@@ -1,7 +1,7 @@
 """Frame encoders (frozen DINOv2, the demo's small CNN, or precomputed tokens) and their weights.
 
 `encoder_spec(config)` is the one place that turns `config.model.encoder.kind` into what
-the model, the optimizer and the data need (`EncoderSpec`):
+the model, the optimizer, the data and the weight loading need (`EncoderSpec`):
   'dinov2': the frozen ViT of models/dinov2.py. Features and reconstruction target are
     the same last-block tokens (D_f = 384 / 768).
   'cnn': a small trainable CNN with one feature vector per `cnn_patch_size` patch. Its
@@ -10,7 +10,8 @@ the model, the optimizer and the data need (`EncoderSpec`):
   'tokens': no encoder; the batch holds precomputed backbone tokens batch['features']
     [B, T, G*G, token_dim], which are also the reconstruction target.
 
-DINOv2 weights (`load_encoder_params`): `encoder.weights`, or by default
+Each spec names its weight loader (`EncoderSpec.load_weights`; `load_encoder_params` calls
+it): only DINOv2 has pretrained weights. DINOv2 weights: `encoder.weights`, or by default
 `~/.cache/slotcurri_jax/dinov2/<variant>.npz` (DEFAULT_WEIGHTS_DIR), in any of these forms:
   * our converted .npz (flattened 'a/b/c' paths) or .msgpack (flax.serialization);
   * a timm / torch-hub state dict (.pth/.pt/.bin needs torch; or .safetensors);
@@ -23,9 +24,10 @@ import dataclasses
 import os
 import pathlib
 import socket
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 import urllib.parse
 
+from absl import logging
 import flax
 import flax.linen as nn
 import jax.numpy as jnp
@@ -129,25 +131,28 @@ class EncoderSpec:
     'features' [B, T, N, input_dim] (precomputed backbone tokens).
   input_dim, target_dim: widths of the slot stack's input tokens and of its
     reconstruction target.
-  grid: patch grid side G (N = G * G patches, row-major).
+  grid: the patch grid (rows, columns); N = rows * columns patches, row-major.
   patch_size: pixels per patch side (0 for token input).
   frozen: the encoder's params are not trained and no gradient flows into it.
   target: 'features' (reconstruct the encoder's tokens) or 'patches' (the frame's
     patch pixels, [N, p * p * 3]).
+  load_weights: config -> the pretrained params['encoder'] (or None when the config
+    asks for a random backbone), or None for an encoder without pretrained weights.
   """
   kind: str
   module: nn.Module | None
   input_key: str
   input_dim: int
   target_dim: int
-  grid: int
+  grid: tuple[int, int]
   patch_size: int
   frozen: bool
   target: str
+  load_weights: Callable[[Any], Any] | None = None
 
   @property
   def num_patches(self) -> int:
-    return self.grid * self.grid
+    return self.grid[0] * self.grid[1]
 
   def example_input(self, config) -> jnp.ndarray:
     """A zero batch of one clip for `model.init`: [1, T, ...] of the input_key's layout."""
@@ -165,8 +170,9 @@ def _dinov2_spec(config) -> EncoderSpec:
   module = dinov2.DinoV2(arch['embed_dim'], arch['depth'], arch['num_heads'],
                          dtype=layers.dtype_from_name(ec.dtype))
   return EncoderSpec(kind='dinov2', module=module, input_key='video',
-                     input_dim=arch['embed_dim'], target_dim=arch['embed_dim'], grid=grid,
-                     patch_size=dinov2.PATCH_SIZE, frozen=True, target='features')
+                     input_dim=arch['embed_dim'], target_dim=arch['embed_dim'], grid=(grid, grid),
+                     patch_size=dinov2.PATCH_SIZE, frozen=True, target='features',
+                     load_weights=_load_dinov2)
 
 
 def _cnn_spec(config) -> EncoderSpec:
@@ -174,7 +180,7 @@ def _cnn_spec(config) -> EncoderSpec:
   grid = check_grid((config.data.resolution, config.data.resolution), ec.cnn_patch_size)
   module = CNNEncoder(ec.cnn_patch_size, ec.cnn_features, dtype=layers.dtype_from_name(ec.dtype))
   return EncoderSpec(kind='cnn', module=module, input_key='video', input_dim=ec.cnn_features,
-                     target_dim=ec.cnn_patch_size ** 2 * 3, grid=grid,
+                     target_dim=ec.cnn_patch_size ** 2 * 3, grid=(grid, grid),
                      patch_size=ec.cnn_patch_size, frozen=False, target='patches')
 
 
@@ -187,8 +193,8 @@ def _tokens_spec(config) -> EncoderSpec:
                      f'token_grid (got {ec.token_dim}, {ec.token_grid}): the width and the '
                      'patch-grid side of the precomputed tokens')
   return EncoderSpec(kind='tokens', module=None, input_key='features', input_dim=ec.token_dim,
-                     target_dim=ec.token_dim, grid=ec.token_grid, patch_size=0, frozen=True,
-                     target='features')
+                     target_dim=ec.token_dim, grid=(ec.token_grid, ec.token_grid), patch_size=0,
+                     frozen=True, target='features')
 
 
 # The encoder registry: model.encoder.kind -> spec builder. Adding an encoder family is
@@ -216,18 +222,31 @@ def default_weights_path(variant: str) -> pathlib.Path:
   return DEFAULT_WEIGHTS_DIR / f'{variant}.npz'
 
 
-def load_encoder_params(config) -> Any | None:
-  """Pretrained params for params['encoder'], or None when the init's random ones stand.
+def load_encoder_params(config, spec: EncoderSpec | None = None) -> Any | None:
+  """Pretrained params for params['encoder'] by `spec.load_weights`, or None when the
+  init's random ones stand (spec: the run's EncoderSpec; built from config when None).
 
-  None for token input, for the CNN (trained from scratch) and for DINOv2 with encoder.random_init=True
-  (tests and benchmarks only). Otherwise the DINOv2 weights must be found: a missing
-  file is fetched with huggingface_hub when this machine is online, else a
-  FileNotFoundError says where to put which file. Never silently random.
+  An encoder without pretrained weights (the CNN, trained from scratch; token input)
+  says so in one log line, and model.encoder.weights given for it is an error.
+  """
+  spec = spec or encoder_spec(config)
+  if spec.load_weights is None:
+    if config.model.encoder.weights:
+      raise ValueError(f'model.encoder.kind={spec.kind!r} has no pretrained weights to load; '
+                       'leave model.encoder.weights empty')
+    logging.info('model.encoder.kind=%r has no pretrained weights: it starts from its init',
+                 spec.kind)
+    return None
+  return spec.load_weights(config)
+
+
+def _load_dinov2(config) -> Any | None:
+  """The DINOv2 weights of model.encoder, or None with encoder.random_init=True (tests and
+  benchmarks only). Otherwise they must be found: a missing file is fetched with
+  huggingface_hub when this machine is online, else a FileNotFoundError says where to put
+  which file. Never silently random.
   """
   ec = config.model.encoder
-  spec = encoder_spec(config)
-  if spec.module is None or not spec.frozen:  # token input, or trained from scratch
-    return None
   arch = variant_architecture(ec.variant)
   if ec.random_init:
     return None

@@ -311,7 +311,7 @@ def build_model(config, spec: encoders.EncoderSpec | None = None) -> VideoSlotMo
   hidden = config.model.feature_mlp_hidden or 2 * spec.input_dim
   return VideoSlotModel(
       encoder=spec.module, input_dim=spec.input_dim, target_dim=spec.target_dim,
-      grid=(spec.grid, spec.grid), target=spec.target, patch_size=spec.patch_size,
+      grid=spec.grid, target=spec.target, patch_size=spec.patch_size,
       freeze_encoder=spec.frozen, feature_mlp_hidden=hidden, **_slot_stack_kwargs(config))
 
 

@@ -107,17 +107,12 @@ def trajectory_config(cfg: dict):
 
   weights = _need(cfg, 'loss_weights')
   c.loss.mse_weight, c.loss.ss_weight = weights['mse'], weights['ss']
+  config_lib.set_method(c, method)  # 'ssync': SSync on SlotContrast, as in the original
   if method == 'slotcurri':
-    c.method = 'slotcurri'
     c.loss.ssim_weight = weights['ssim']
     c.curriculum.spawn_scale = _need(cfg, 'curriculum', 'lambda')
-    c.ssync.enabled = False
   else:
-    c.method = 'slotcontrast'
-    c.loss.ssim_weight = 0.0
-    c.curriculum.enabled = False
     sc = _need(cfg, 'ssync')
-    c.ssync.enabled = True
     c.ssync.tau_merge = sc['merge_iou_threshold']
     c.ssync.n_bd, c.ssync.n_noise, c.ssync.n_nbd = sc['n_bd'], sc['n_noise'], sc['n_nbd']
     c.ssync.temperature = sc['loss_temperature']
