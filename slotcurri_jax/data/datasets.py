@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from slotcurri_jax.data import movi
 from slotcurri_jax.data import spec as spec_lib
+from slotcurri_jax.data import video_folder
 from slotcurri_jax.data import ytvis
 
 DATASETS: dict[str, spec_lib.DatasetSpec] = {
@@ -10,6 +11,7 @@ DATASETS: dict[str, spec_lib.DatasetSpec] = {
     'movi_e': movi.spec('movi_e'),
     'synthetic_movi': movi.spec('synthetic_movi', movi.synthetic_builder),
     'ytvis': ytvis.DATASET_SPEC,
+    'video_folder': video_folder.DATASET_SPEC,
 }
 
 
