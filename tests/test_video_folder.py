@@ -175,3 +175,9 @@ def test_trains_and_evaluates_from_the_command_line(folders, capsys, tmp_path):
   for key in ('ari', 'mbo', 'image_ari', 'image_mbo', 'fragmentation'):
     assert np.isfinite(metrics[key]), key
   assert (tmp_path / 'davis' / 'eval' / 'masks_step_3' / 'dog.npz').exists()
+  # tools/summarize.py on these real runs: one row of n = 1; the run without masks refused.
+  from slotcurri_jax.tools import summarize
+  row, = summarize.summarize([str(tmp_path / 'davis')])
+  assert (row['dataset'], row['n'], row['metrics']['ari']['mean']) == ('video_folder', 1, metrics['ari'])
+  with pytest.raises(errors.UserError, match='has no metrics'):
+    summarize.summarize([str(tmp_path / 'own')])

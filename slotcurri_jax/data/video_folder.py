@@ -48,6 +48,14 @@ from slotcurri_jax.data import video_folder_scan as scan
 from slotcurri_jax.data import ytvis
 
 MANIFEST = 'manifest.json'
+FEATURES = tfds.features.FeaturesDict({
+    'video': tfds.features.Video(shape=(None, None, None, 3)),
+    # [T, H, W, objects] in {0, 1}, YouTube-VIS's layout; one zero channel without masks.
+    'masks': tfds.features.Tensor(shape=(None, None, None, None), dtype=np.uint8,
+                                  encoding=tfds.features.Encoding.ZLIB),
+    'metadata': {'video_name': tfds.features.Text(), 'first_frame': np.int32,
+                 'num_frames': np.int32, 'height': np.int32, 'width': np.int32},
+})
 
 
 @dataclasses.dataclass
@@ -69,19 +77,9 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description='A folder of videos (slotcurri_jax.data.video_folder).',
-        features=tfds.features.FeaturesDict({
-            'video': tfds.features.Video(shape=(None, None, None, 3)),
-            # [T, H, W, objects] in {0, 1} (YouTube-VIS's layout); one zero channel without masks.
-            'masks': tfds.features.Tensor(shape=(None, None, None, None), dtype=np.uint8,
-                                          encoding=tfds.features.Encoding.ZLIB),
-            'metadata': {'video_name': tfds.features.Text(), 'first_frame': np.int32,
-                         'num_frames': np.int32, 'height': np.int32, 'width': np.int32},
-        }),
-        disable_shuffling=True,  # the validation order is the manifest's
-    )
+    # disable_shuffling: the validation order is the manifest's.
+    return tfds.core.DatasetInfo(builder=self, features=FEATURES, disable_shuffling=True,
+                                 description='A folder of videos (data/video_folder.py).')
 
   def _split_generators(self, dl_manager):
     del dl_manager
