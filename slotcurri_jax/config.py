@@ -25,7 +25,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- data
   c.data = ml_collections.ConfigDict()
-  # synthetic_movi | movi_c | movi_e | ytvis
+  # synthetic_movi | movi_c | movi_e | ytvis | video_folder (your own videos)
   c.data.name = 'movi_c'
   # TFDS directory. None: gs://kubric-public/tfds for MOVi,
   # ~/tensorflow_datasets for synthetic_movi and ytvis.
@@ -64,6 +64,21 @@ def default_config() -> ml_collections.ConfigDict:
       num_heldout=300,  # last videos of the official train split held out
       prepass_short_side=320,
       prepass_resize='nearest_exact',  # quirk 9; 'bicubic' for the textbook pre-pass
+  ))
+  # Your own videos (data/video_folder.py, data/video_folder_scan.py for the layouts).
+  c.data.video_folder = ml_collections.ConfigDict(dict(
+      root='',  # the folder of videos (or DAVIS 2017 unpacked)
+      short_side=320,  # frames are stored with this short side (uint8)
+      prepass_resize='nearest_exact',  # as YouTube-VIS's pre-pass; or 'bicubic'
+      segment_frames=24,  # training examples: pieces of this many frames
+      max_eval_frames=112,  # longer evaluation videos are cut into pieces
+      # Without a manifest or DAVIS's ImageSets: the last ceil(f * videos) are held out;
+      # 0 evaluates on every video (also trained on).
+      validation_fraction=0.1,
+      manifest='',  # JSON {"train": [names], "validation": [names]}
+      davis_resolution='480p',  # DAVIS's JPEGImages/<this>/ subfolder
+      on_bad_video='refuse',  # an unreadable, empty or too short video: 'refuse' | 'skip'
+      rebuild=False,  # True: rebuild when the folder changed since its build
   ))
 
   # ---------------------------------------------------------------- model

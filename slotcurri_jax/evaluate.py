@@ -39,6 +39,7 @@ UNITS = {
     'image_ari': 'per-frame FG-ARI x 100', 'image_mbo': 'per-frame mBO x 100',
     'fragmentation': 'slots per ground-truth object (mean; not x 100)',
     'num_videos': 'videos',
+    'scored_videos': 'videos with ground-truth masks (the metrics average over these)',
 }
 
 
@@ -65,11 +66,13 @@ def evaluate(config, predictor: predict_lib.Predictor, state, mesh, *, workdir: 
   data = data if data is not None else datasets.Dataset.from_config(config)
   step = int(jax.device_get(state.step))
   active = predictor.active_mask(state.step)
-  total = None
+  total, videos = None, None
   if batches is None:
     batches = pipeline.eval_iterator(config, data=data)
     total = pipeline.num_eval_batches(config, data=data)
     total = min(total, max_batches) if max_batches >= 0 else total
+    videos = _named_rows(config, data)
+  masks_dir = epath.Path(workdir) / 'eval' / f'masks_step_{step}'
   scores: dict[str, list[float]] = {}
   figures: list[np.ndarray] = []
   num_videos = 0
@@ -78,14 +81,17 @@ def evaluate(config, predictor: predict_lib.Predictor, state, mesh, *, workdir: 
     for i, host_batch in enumerate(batches):
       if 0 <= max_batches <= i:
         break
+      rows = None if videos is None else videos[i]
       num_videos += _score_batch(host_batch, predictor, state.params, active, mesh, config,
-                                 data.spec.metric_convention, scores, figures)
+                                 data.spec.metric_convention, scores, figures, rows, masks_dir)
       bar.update(1)
   if num_videos == 0:
     raise ValueError('evaluation saw no video: the validation split is empty or all padding')
   results = {k: float(np.nanmean(v)) * (100.0 if k in PERCENT else 1.0)
              if np.any(np.isfinite(v)) else float('nan') for k, v in scores.items()}
   results['num_videos'] = num_videos
+  if videos is not None:
+    results['scored_videos'] = len(scores.get('ari', []))
   settings = {
       'dataset': config.data.name, 'step': step, 'resolution': config.data.resolution,
       'ignore_background': bool(config.eval.ignore_background), 'rollout': config.eval.rollout,
@@ -93,18 +99,40 @@ def evaluate(config, predictor: predict_lib.Predictor, state, mesh, *, workdir: 
       'active_slots': int(np.sum(jax.device_get(active))), 'max_slots': config.model.max_slots,
       'method': config.method, 'ssync': bool(config.ssync.enabled),
       'frames': 'whole videos',
+      'config': json.loads(config.to_json_best_effort()),  # all of it (tools/summarize.py)
   }
+  if videos is not None:
+    settings['masks_dir'] = str(masks_dir)
   _write(workdir, step, results, settings, figures, writer)
-  logging.info('eval step %d, %d videos: video FG-ARI %.1f, video mBO %.1f, image FG-ARI %.1f, '
-               'image mBO %.1f (x 100), fragmentation %.3f', step, num_videos, results['ari'],
+  if 'ari' not in results:
+    logging.warning('eval step %d, %d videos: none has ground-truth masks, so there are no '
+                    'metrics; wrote the figures and each video\'s predicted masks to %s', step,
+                    num_videos, masks_dir)
+    return results
+  logging.info('eval step %d, %d scored videos: video FG-ARI %.1f, video mBO %.1f, image FG-ARI '
+               '%.1f, image mBO %.1f (x 100), fragmentation %.3f', step,
+               results.get('scored_videos', num_videos), results['ari'],
                results['mbo'], results['image_ari'], results['image_mbo'],
                results['fragmentation'])
   return results
 
 
+def _named_rows(config, data: datasets.Dataset) -> list[list] | None:
+  """Per evaluation batch, the dataset's entry ({'name', 'has_masks'}) of each row of the
+  global batch (None for fillers); None for datasets without `eval_videos`."""
+  if data.spec.eval_videos is None:
+    return None
+  videos = data.spec.eval_videos(config)
+  return [[videos[p] if p >= 0 else None for p in rows]
+          for rows in pipeline.eval_positions(config, data=data)]
+
+
 def _score_batch(host_batch: dict, predictor, params, active, mesh, config, convention: str,
-                 scores: dict, figures: list) -> int:
-  """Score one evaluation batch into `scores` (and `figures`); returns its real videos."""
+                 scores: dict, figures: list, rows: list | None = None, masks_dir=None) -> int:
+  """Score one evaluation batch into `scores` (and `figures`); returns its real videos.
+
+  rows: the dataset's entry of each row (`_named_rows`): each video's predicted ids are
+  written to masks_dir/<name>.npz, and only those with masks are scored."""
   batch = parallel.host_to_global(host_batch, mesh)
   out = jax.device_get(predictor(params, device_preprocess.model_input(batch), active,
                                  batch['num_frames']))
@@ -116,7 +144,12 @@ def _score_batch(host_batch: dict, predictor, params, active, mesh, config, conv
     t = int(full['num_frames'][b])
     pred = out['ids'][b:b + 1, :t]
     true = full['segmentations'][b:b + 1, :t]
-    _add_video_scores(scores, pred, true, config, convention)
+    if rows is None or rows[b]['has_masks']:
+      _add_video_scores(scores, pred, true, config, convention)
+    if rows is not None and jax.process_index() == 0:
+      masks_dir.mkdir(parents=True, exist_ok=True)
+      # ids uint8 [T, R, R]: the slot of each pixel of the centre square the model saw.
+      np.savez_compressed(str(masks_dir / f'{rows[b]["name"]}.npz'), ids=pred[0].astype(np.uint8))
     count += 1
     if len(figures) < config.train.image_summaries:
       figures.append(_clip_figure(device_preprocess.host_video(full, b, config)[:t], pred[0],

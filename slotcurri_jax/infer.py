@@ -46,14 +46,11 @@ import functools
 import json
 import os
 import pathlib
-import re
-import warnings
 from typing import Any
 
 from absl import app
 from absl import flags
 from absl import logging
-import imageio.v3 as iio
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
@@ -69,110 +66,15 @@ from slotcurri_jax import params as params_lib
 from slotcurri_jax import predict as predict_lib
 from slotcurri_jax import visualize
 from slotcurri_jax.data import device_preprocess
+from slotcurri_jax.data import video_files
 from slotcurri_jax.models import encoders
 from slotcurri_jax.models import video_model
 
-VIDEO_SUFFIXES = ('.mp4', '.webm', '.mov', '.mkv', '.avi', '.m4v')
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
 IMAGENET_MEAN, IMAGENET_STD = device_preprocess.IMAGENET_MEAN, device_preprocess.IMAGENET_STD
 DEFAULT_FPS = 10.0  # for frame folders, which carry no rate
 SUMMARY_FRAMES = 8
 OUTSIDE = 255  # input-resolution mask value of pixels outside the centre square
-
-
-# --------------------------------------------------------------------------- reading
-
-def _natural_key(name: str) -> list:
-  return [int(part) if part.isdigit() else part.lower() for part in re.split(r'(\d+)', name)]
-
-
-def _first_line(error: Exception) -> str:
-  text = str(error).strip()
-  return f'{type(error).__name__}: {text.splitlines()[0] if text else ""}'
-
-
-def _to_rgb(frame: np.ndarray, source: str) -> np.ndarray:
-  """[H, W, C] uint8 -> [H, W, 3]; opaque RGBA loses its alpha, anything else is an error."""
-  channels = 1 if frame.ndim == 2 else frame.shape[-1]
-  if frame.ndim == 3 and channels == 4 and np.all(frame[..., 3] == 255):
-    frame = frame[..., :3]
-  elif frame.ndim != 3 or channels != 3:
-    raise ValueError(
-        f'{source}: frames have {channels} channel(s) (shape {frame.shape}); the model takes RGB '
-        'frames with 3 channels. Convert the input to RGB first (e.g. ffmpeg -i IN -pix_fmt '
-        'rgb24 OUT.mp4, or save the images as RGB PNG/JPEG without transparency).')
-  if frame.dtype != np.uint8:
-    if np.issubdtype(frame.dtype, np.integer) and frame.max(initial=0) > 255:
-      frame = (frame // 257).astype(np.uint8)  # 16-bit PNG
-    else:
-      frame = frame.astype(np.uint8)
-  return frame
-
-
-def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float | None]:
-  """Decode a video file, a GIF, one image or a folder of frames.
-
-  Returns:
-    frames: uint8 [T, H, W, 3] (every frame of the input, as decoded).
-    fps: the file's frame rate, or None when it has none (folders, images).
-
-  Raises:
-    FileNotFoundError: the path does not exist.
-    ValueError: an empty file or folder, an undecodable file, zero frames, non-RGB
-      frames, or frames of different sizes. Messages name the file.
-  """
-  path = pathlib.Path(os.path.expanduser(str(path)))
-  if not path.exists():
-    raise FileNotFoundError(f'video {path} does not exist')
-  if path.is_dir():
-    files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
-                   key=lambda p: _natural_key(p.name))
-    if not files:
-      raise ValueError(f'folder {path} holds no frames: expected {"/".join(IMAGE_SUFFIXES)} '
-                       'files (sorted by name)')
-    frames = []
-    for f in files:
-      try:
-        image = iio.imread(f)
-      except Exception as e:  # the image plugins raise many types
-        raise ValueError(f'cannot decode frame {f}: {_first_line(e)}') from e
-      frame = _to_rgb(np.asarray(image), str(f))
-      if frames and frame.shape != frames[0].shape:
-        raise ValueError(f'frame {f} is {frame.shape[1]}x{frame.shape[0]} but {files[0].name} is '
-                         f'{frames[0].shape[1]}x{frames[0].shape[0]}; all frames of a folder '
-                         'must have one size')
-      frames.append(frame)
-    return np.stack(frames), None
-
-  if path.stat().st_size == 0:
-    raise ValueError(f'video {path} is empty (0 bytes)')
-  suffix = path.suffix.lower()
-  fps = None
-  try:
-    if suffix == '.gif':
-      decoded = np.asarray(iio.imread(path, index=None))
-      duration_ms = iio.immeta(path, index=0).get('duration') or 0
-      fps = 1000.0 / duration_ms if duration_ms > 0 else None
-    elif suffix in IMAGE_SUFFIXES:
-      decoded = np.asarray(iio.imread(path))[None]
-    else:  # mp4, webm, ... and anything else ffmpeg may know
-      with warnings.catch_warnings():
-        # jax warns on every fork; ffmpeg's fork is followed by exec at once, which is safe.
-        warnings.filterwarnings('ignore', 'os.fork', RuntimeWarning)
-        decoded = [np.asarray(f) for f in iio.imiter(path, plugin='FFMPEG')]
-        fps = iio.immeta(path, plugin='FFMPEG').get('fps')
-      decoded = np.stack(decoded) if decoded else np.zeros((0, 0, 0, 3), np.uint8)
-  except Exception as e:  # imageio/ffmpeg/Pillow raise OSError, RuntimeError, ValueError, ...
-    raise ValueError(f'cannot decode video {path}: it is corrupt, not a video, or holds no '
-                     f'video frames ({_first_line(e)}). Supported: {", ".join(VIDEO_SUFFIXES)}, '
-                     '.gif, one image, or a folder of frames') from e
-  if len(decoded) == 0:
-    raise ValueError(f'video {path} has no frames')
-  if decoded.ndim == 3 and suffix not in IMAGE_SUFFIXES:  # grayscale GIF: [T, H, W]
-    decoded = decoded[..., None]
-  frames = np.stack([_to_rgb(f, str(path)) for f in decoded])
-  fps = float(fps) if fps and np.isfinite(fps) and fps > 0 else None
-  return frames, fps
+read_video = video_files.read_video  # the reader that datasets/video_folder.py shares
 
 
 def check_frame_size(frames: np.ndarray, config, source: str = 'input') -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from slotcurri_jax.data import movi
 from slotcurri_jax.data import spec as spec_lib
+from slotcurri_jax.data import video_folder
 from slotcurri_jax.data import ytvis
 
 DATASETS: dict[str, spec_lib.DatasetSpec] = {
@@ -15,6 +16,7 @@ DATASETS: dict[str, spec_lib.DatasetSpec] = {
     'movi_e': movi.spec('movi_e'),
     'synthetic_movi': movi.spec('synthetic_movi', movi.synthetic_builder),
     'ytvis': ytvis.DATASET_SPEC,
+    'video_folder': video_folder.DATASET_SPEC,
 }
 
 

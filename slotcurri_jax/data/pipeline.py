@@ -388,6 +388,16 @@ def eval_iterator(config, *, process_index: int | None = None, process_count: in
       yield _pad_batch(videos, batch, t_pad, config.data.resolution)
 
 
+def eval_positions(config, process_count: int | None = None, *,
+                   data: datasets.Dataset | None = None) -> list[np.ndarray]:
+  """Per batch of `eval_iterator`: the split index of each row of the global batch (the
+  hosts' batches one after the other, in process order), -1 for fillers."""
+  _, n = _processes(None, process_count)
+  batch, ranges, num_batches = _eval_plan(config, _dataset(config, data).builder, n)
+  return [np.asarray([a + i * batch + r if a + i * batch + r < c else -1
+                      for a, c in ranges for r in range(batch)]) for i in range(num_batches)]
+
+
 def _pad_batch(videos: list[dict], batch: int, t_pad: int, size: int) -> dict[str, np.ndarray]:
   out = {'video': np.zeros((batch, t_pad, size, size, 3), np.float32),
          'segmentations': np.zeros((batch, t_pad, size, size), np.int32),

@@ -1,6 +1,6 @@
 """What a dataset declares once, for the input pipeline and evaluation to call.
 
-Each dataset module (data/movi.py, data/ytvis.py) builds a `DatasetSpec`; the registry
+Each dataset module (data/movi.py, data/ytvis.py, data/video_folder.py) builds a `DatasetSpec`; the registry
 (data/datasets.py) maps `config.data.name` to it. `pipeline.py` and `evaluate.py` hold
 no dataset names: adding a dataset is one module with its spec, one registry entry
 and a `configs/<name>.py`.
@@ -36,6 +36,9 @@ class DatasetSpec:
   max_eval_frames(config): the frames T_pad of the longest evaluation batch.
   These three give the batches' shapes without opening the data (tools/aot.py).
   metric_convention: 'movi' | 'ytvis', how per-frame metrics count frames (metrics.py).
+  eval_videos(config): the evaluated videos in split order as dicts with 'name' and
+    'has_masks'; evaluation then writes each one's predicted ids to a file and scores only
+    those with masks. None: every video has labels and no mask files are written.
   """
   name: str
   builder: Callable[[Any], Any]
@@ -51,6 +54,7 @@ class DatasetSpec:
   train_frame_side: Callable[[Any], int]
   max_eval_frames: Callable[[Any], int]
   metric_convention: str
+  eval_videos: Optional[Callable[[Any], list]] = None
 
 
 LOCAL_TFDS = '~/tensorflow_datasets'  # default data_dir of generated / prepared datasets

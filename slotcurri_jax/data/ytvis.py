@@ -469,14 +469,15 @@ def _centre_video(example: dict, config):
 # ships only the stored pixels its crop reads (a window of at most S + 4 pixels per side,
 # S the pre-pass short side), zero-padded to (S + 4) x (S + 4) so batches have one shape.
 
-def raw_window(config) -> int:
-  """Side of the stored-pixel window a training clip ships: prepass_short_side + 4.
+def raw_window(config, short_side: int | None = None) -> int:
+  """Side of the stored-pixel window a training clip ships: S + 4, with S the stored short
+  side (prepass_short_side, or `short_side` for another dataset stored the same way).
 
   R consecutive outputs of a resize with scale s = in / out read taps
   floor(src_first) - 1 .. floor(src_last) + 2, at most ceil((R - 1) s) + 4 pixels; the
   short side has s = S / R, the long side L has s = L / floor(L R / S) <= S / (R - 1),
   so (R - 1) s <= S either way."""
-  return config.data.ytvis.prepass_short_side + 4
+  return (short_side or config.data.ytvis.prepass_short_side) + 4
 
 
 def _window_start(in_size, out_size, start, count: int, pad: int) -> tf.Tensor:
@@ -492,11 +493,13 @@ def _window_start(in_size, out_size, start, count: int, pad: int) -> tf.Tensor:
     return tf.identity(first)
 
 
-def train_example_raw(example: dict, seed: tf.Tensor, config) -> dict:
+def train_example_raw(example: dict, seed: tf.Tensor, config,
+                      short_side: int | None = None) -> dict:
   """`train_example`'s clip before its resize: frames uint8 [clip_len, W, W, 3] (W =
-  `raw_window`), size (h, w, new_h, new_w), crop (top, left, row0, col0), flip."""
+  `raw_window(config, short_side)`), size (h, w, new_h, new_w), crop (top, left, row0,
+  col0), flip."""
   clip_len, size = config.data.train_clip_len, config.data.resolution
-  pad = raw_window(config)
+  pad = raw_window(config, short_side)
   frames, height, width, new_h, new_w, top, left, flip_seed = _sample_clip(example, seed, config)
   row0 = _window_start(height, new_h, top, size, pad)
   col0 = _window_start(width, new_w, left, size, pad)
