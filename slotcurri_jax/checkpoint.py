@@ -117,12 +117,10 @@ class Checkpointer:
     step, saved = found
     saved_shapes = model_shapes = None
     if model_params is not None:
-      try:
-        meta = ocp.PyTreeCheckpointer().metadata(self.directory / str(step) / 'state')
-        saved_shapes = params_lib.shapes(_tree(meta)['params'])
+      meta = self._state_metadata(step)
+      if meta is not None:  # else unreadable: the restore reports it
+        saved_shapes = params_lib.shapes(meta['params'])
         model_shapes = params_lib.shapes(model_params)
-      except Exception:  # unreadable metadata: the restore reports it
-        saved_shapes = model_shapes = None
     try:
       schedule = saved_schedule(self.directory / str(step))
     except (OSError, ValueError):  # unreadable: the restore reports it; rebuilt from the config
@@ -197,15 +195,26 @@ class Checkpointer:
                            + '; '.join(failures) + '). Use another --workdir, or delete the '
                            'unreadable steps to start again.')
 
+  def _state_metadata(self, step: int) -> dict | None:
+    """The tree metadata of a step's train state; None when its files fail their checksums
+    or the metadata does not read. Checked before orbax reads anything: tensorstore reading
+    a corrupt step leaves threads that print tracebacks after the error is handled."""
+    step_dir = self.directory / str(step)
+    try:
+      verify(step_dir)
+      with ocp.PyTreeCheckpointer() as checkpointer:
+        return _tree(checkpointer.metadata(step_dir / 'state'))
+    except Exception:  # pylint: disable=broad-except  (orbax raises many types)
+      return None
+
   def _check_state_fields(self, step: int) -> None:
     """A checkpoint whose train state has other top-level fields was written by another
     version of slotcurri_jax: say so (and that its params still evaluate) instead of
     treating it as unreadable and moving it aside."""
-    try:
-      meta = _tree(ocp.PyTreeCheckpointer().metadata(self.directory / str(step) / 'state'))
-      saved = set(meta)
-    except Exception:  # unreadable metadata: the restore reports it  # pylint: disable=broad-except
+    meta = self._state_metadata(step)
+    if meta is None:  # unreadable: the restore reports it
       return
+    saved = set(meta)
     want = {f.name for f in dataclasses.fields(train_state_lib.TrainState) if f.name != 'tx'}
     if saved != want:
       self.close()

@@ -30,7 +30,7 @@ from absl import flags
 from absl import logging
 
 from slotcurri_jax import config as config_lib
-from slotcurri_jax.errors import UserError, is_user_error, mark, message, user_errors  # noqa: F401  (re-exported for the front doors)
+from slotcurri_jax.errors import UserError, is_user_error, message
 
 DEBUG_ENV = 'SLOTCURRI_DEBUG'
 # Exit status of a run that was interrupted (SIGTERM, Ctrl-C) and saved a checkpoint:

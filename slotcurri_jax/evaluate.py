@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from slotcurri_jax import errors
 from slotcurri_jax import progress
 from slotcurri_jax import metrics as metrics_lib
 from slotcurri_jax import parallel

@@ -28,7 +28,6 @@ from etils import epath
 from slotcurri_jax import checkpoint as checkpoint_lib
 from slotcurri_jax import compat
 from slotcurri_jax import errors
-from slotcurri_jax import progress
 from slotcurri_jax import curriculum as curriculum_lib
 from slotcurri_jax import evaluate as evaluate_lib
 from slotcurri_jax import objective as objective_lib

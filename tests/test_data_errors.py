@@ -85,7 +85,7 @@ def test_a_corrupt_record_is_named_by_file_and_record(tiny_data_dir, tmp_path):
   names the file and the record, without TensorFlow's op names."""
   import shutil
   config = _config(tiny_data_dir)
-  source = pathlib.Path(pipeline._builder(config).data_dir)
+  source = pathlib.Path(datasets.Dataset.from_config(config).builder.data_dir)
   copy = tmp_path / source.relative_to(tiny_data_dir)
   shutil.copytree(source, copy)
   shard = copy / 'synthetic_movi-train.tfrecord-00000-of-00001'

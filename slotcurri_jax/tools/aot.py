@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 # The compile-only TPU devices need no TPU backend: keep jax on the CPU (no TPU start-up).
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
