@@ -40,6 +40,7 @@ def get_config(variant=None):
   c.data.name = 'video_folder'
   c.data.flip_prob = 0.0  # YouTube-VIS's clips, which this dataset shares
   c.data.max_instances = 25  # object ids of one evaluated video, background included
+  c.data.num_eval_videos = -1  # every held-out video (not YouTube-VIS's first 210)
   if small:
     c.data.shuffle_buffer = 64
     c.data.eval_batch_size = 4

@@ -34,6 +34,9 @@ fi
 # preemption sends one too); the training loop writes a final checkpoint and exits with
 # status 75 (main.py: interrupted, saved). The job is then requeued: it runs this script
 # again and resumes from that checkpoint. Status 0 is a finished run, 1 a user error.
+# A SIGTERM to this batch shell (a preemption signals every process of the job) must not
+# end it before srun returns: the trap keeps it alive to requeue; srun passes the signal on.
+trap 'echo "SIGTERM: waiting for the run to save its checkpoint" >&2' TERM
 status=0
 srun --kill-on-bad-exit=1 "$VENV/bin/python" -m slotcurri_jax.main \
   --config="$CONFIG" --workdir="$WORKDIR" "$@" || status=$?

@@ -50,12 +50,20 @@ if [[ "${SKIP_AOT_CHECK:-0}" != 1 ]]; then
     }
   fi
 fi
+# Ctrl-C reaches python from the terminal (its process group); a SIGTERM sent to this script
+# alone is passed on to python, which saves and exits with 75; either ends the loop.
 stop=0
-trap 'stop=1' INT TERM
+child=
+trap 'stop=1' INT
+trap 'stop=1; [[ -n "$child" ]] && kill -TERM "$child" 2>/dev/null || true' TERM
 restarts=0
 while true; do
+  python -m slotcurri_jax.main --config="$CONFIG" --workdir="$WORKDIR" "$@" &
+  child=$!
+  while kill -0 "$child" 2>/dev/null; do wait "$child" || true; done  # a trap ends a wait early
   status=0
-  python -m slotcurri_jax.main --config="$CONFIG" --workdir="$WORKDIR" "$@" || status=$?
+  wait "$child" || status=$?
+  child=
   [[ $status == 75 && $stop == 0 && $restarts -lt ${MAX_RESTARTS:-100} ]] || exit "$status"
   restarts=$((restarts + 1))
   echo "interrupted after saving a checkpoint: resuming (restart $restarts)" >&2

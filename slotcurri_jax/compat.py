@@ -33,8 +33,11 @@ NOT_MEANING = ('model.compute_dtype', 'model.encoder.dtype', 'model.decoder.rema
 # config is used: where the data and weights are, how they are read and sharded.
 LOCAL = ('data.data_dir', 'data.ytvis.manual_dir', 'data.eval_batch_size',
          'data.num_eval_videos', 'data.prefetch', 'data.preprocess_on_device',
-         'data.read_retries', 'data.read_backoff_s', 'model.encoder.weights', 'eval.steps',
-         'mesh', 'distributed')
+         'data.read_retries', 'data.read_backoff_s', 'data.video_folder',
+         'model.encoder.weights', 'eval.steps', 'mesh', 'distributed')
+# The curriculum keys that only make the schedule: compared through the resolved schedule.
+SCHEDULE_KEYS = ('curriculum.schedule', 'curriculum.stage_fractions',
+                 'curriculum.first_num_slots')
 SHOWN = 12  # differing keys listed in a refusal
 
 
@@ -87,16 +90,18 @@ def incompatibilities(saved_config: dict, config, *, saved_schedule: list | None
   """
   flat_saved = _flatten(saved_config)
   flat_now = _flatten(json.loads(config.to_json_best_effort()))
-  diffs = [f'{k}: saved {flat_saved[k]!r}, now {flat_now.get(k)!r}'
-           for k in sorted(flat_saved) if _meaningful(k) and flat_saved[k] != flat_now.get(k)]
   if saved_schedule is None:
     saved_schedule = _schedule_of_old_checkpoint(saved_config)
   schedule = resolved_schedule(config)
-  if (saved_schedule is not None and _as_json(saved_schedule) != schedule
+  same_schedule = saved_schedule is not None and _as_json(saved_schedule) == schedule
+  diffs = [f'{k}: saved {flat_saved[k]!r}, now {flat_now.get(k)!r}'
+           for k in sorted(flat_saved) if _meaningful(k) and flat_saved[k] != flat_now.get(k)
+           and not (same_schedule and _inside(k, SCHEDULE_KEYS))]
+  if (saved_schedule is not None and not same_schedule
       and not any(k.startswith('curriculum.') for k in diffs)):
     diffs.append(f'curriculum schedule (from train.steps={flat_saved.get("train.steps")!r}): '
                  f'saved {_as_json(saved_schedule)}, now {schedule} (set '
-                 'config.curriculum.schedule to the saved one to train longer)')
+                 f'config.curriculum.schedule={_as_json(saved_schedule)} to keep the saved one)')
   if saved_shapes is not None and model_shapes is not None:
     params = params_lib.differences(saved_shapes, model_shapes, given_name='saved')
     if params:
@@ -114,8 +119,9 @@ def refusal(head: str, diffs: list[str], fix: str) -> errors.UserError:
 
 
 def _with_saved_values(config, saved_config: dict):
-  """A copy of `config` with every key of `saved_config` except the LOCAL ones."""
-  out = copy.deepcopy(config)
+  """(A copy of `config` with every key of `saved_config` except the LOCAL ones, the keys
+  whose values that replaced)."""
+  out, replaced = copy.deepcopy(config), []
   for key, value in _flatten(saved_config).items():
     if _inside(key, LOCAL):
       continue
@@ -127,11 +133,10 @@ def _with_saved_values(config, saved_config: dict):
       current = node[name]
     except (KeyError, AttributeError):  # a key this version no longer has
       continue
-    if isinstance(current, tuple):
-      value = _as_tuple(value)
-    if value != (list(current) if isinstance(current, tuple) else current):
-      node[name] = value
-  return out
+    if _as_json(value) != _as_json(current):
+      node[name] = _as_tuple(value) if isinstance(current, tuple) else value
+      replaced.append(key)
+  return out, replaced
 
 
 def _as_tuple(value: Any) -> Any:
@@ -157,6 +162,9 @@ def config_for_checkpoint(config, source: str, step: int, saved_config: dict | N
                   'Pass the --config (and overrides) it was trained with, or '
                   "--use_checkpoint_config to use the checkpoint's own config.")
   keys = [d.split(':')[0] for d in diffs]
+  saved, replaced = _with_saved_values(config, saved_config)
+  others = [k for k in replaced if k not in keys]
   logging.warning("using the config saved with checkpoint %s (step %d), not --config, which "
-                  'differs in %s', source, step, ', '.join(keys))
-  return _with_saved_values(config, saved_config)
+                  'differs in %s%s', source, step, ', '.join(keys),
+                  f' (also taken from the checkpoint: {", ".join(others)})' if others else '')
+  return saved

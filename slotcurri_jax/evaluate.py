@@ -121,7 +121,7 @@ def _named_rows(config, data: datasets.Dataset) -> list[list] | None:
   global batch (None for fillers); None for datasets without `eval_videos`."""
   if data.spec.eval_videos is None:
     return None
-  videos = data.spec.eval_videos(config)
+  videos = data.spec.eval_videos(data.builder)
   return [[videos[p] if p >= 0 else None for p in rows]
           for rows in pipeline.eval_positions(config, data=data)]
 
@@ -192,8 +192,10 @@ def _write(workdir: str, step: int, results: dict, settings: dict, figures: list
   out_dir.mkdir(parents=True, exist_ok=True)
   payload = json.dumps({'metrics': results, 'units': {k: UNITS[k] for k in results if k in UNITS},
                         'settings': settings}, indent=2)
-  (out_dir / f'metrics_step_{step}.json').write_text(payload)
-  (out_dir / 'metrics_latest.json').write_text(payload)
+  for name in (f'metrics_step_{step}.json', 'metrics_latest.json'):  # whole or not at all
+    tmp = out_dir / f'.{name}.tmp'
+    tmp.write_text(payload)
+    tmp.rename(out_dir / name)
   if figures:
     fig_dir = out_dir / f'figures_step_{step}'
     fig_dir.mkdir(parents=True, exist_ok=True)

@@ -60,3 +60,28 @@ def test_offline_or_a_named_path_never_waits_for_the_hub(fixture_variant, tmp_pa
   with pytest.raises(FileNotFoundError, match='huggingface.co cannot be reached from this machine'):
     encoders.load_encoder_params(config)
   assert calls == []
+
+
+def test_offline_with_the_hub_cache_filled_converts_the_cached_file(
+    fixture_variant, vit_fixture, tmp_path, monkeypatch):
+  """An offline node whose Hugging Face cache already holds the checkpoint uses it: no probe,
+  no download."""
+  import huggingface_hub
+  import socket
+  _, state_dict, _ = vit_fixture
+  hub_file = tmp_path / 'hub' / 'model.safetensors'
+  hub_file.parent.mkdir()
+  save_file(_to_hugging_face(state_dict), str(hub_file))
+  asked = []
+  monkeypatch.setattr(huggingface_hub, 'try_to_load_from_cache',
+                      lambda repo_id, filename, **k: asked.append(repo_id) or str(hub_file))
+
+  def no_network(*args, **kwargs):
+    raise AssertionError('the network was used')
+
+  monkeypatch.setattr(huggingface_hub, 'hf_hub_download', no_network)
+  monkeypatch.setattr(socket, 'create_connection', no_network)
+  monkeypatch.setattr(encoders, 'DEFAULT_WEIGHTS_DIR', tmp_path / 'cache')
+  params = encoders.load_encoder_params(fixture_variant)
+  assert asked == ['test/vit-fixture']
+  jax.tree.map(np.testing.assert_array_equal, params, dinov2.state_dict_to_params(state_dict))

@@ -1,7 +1,9 @@
 """The launch scripts resume an interrupted run: exit status 75 (main.py) means "saved, run
 again". Fake `python`, `srun` and `scontrol` on PATH record what the scripts do."""
 import os
+import signal
 import subprocess
+import time
 
 from conftest import REPO
 
@@ -51,3 +53,42 @@ def test_slurm_requeues_an_interrupted_job_only(tmp_path):
     assert result.returncode == statuses[0], result.stderr
     scontrol = case / 'scontrol.log'
     assert (scontrol.read_text() == 'scontrol requeue 42\n') if requeued else not scontrol.exists()
+
+
+def _slow_python(tmp_path):
+  """A `python` that runs until SIGTERM, then exits 75 as main does after saving."""
+  env, log = _env(tmp_path, [0])
+  ready = tmp_path / 'ready'
+  _fake(tmp_path / 'bin', 'python', f'echo "python $*" >> {log}\ntrap "exit 75" TERM\n'
+        f'touch {ready}\nwhile true; do sleep 0.05; done\n')
+  return env, log, ready
+
+
+def _started(process, ready):
+  for _ in range(400):
+    if ready.exists():
+      return
+    assert process.poll() is None, process.communicate()
+    time.sleep(0.05)
+  raise AssertionError('the fake run never started')
+
+
+def test_a_sigterm_to_the_tpu_script_reaches_the_run_and_ends_the_loop(tmp_path):
+  env, log, ready = _slow_python(tmp_path)
+  process = subprocess.Popen(['bash', 'launch/tpu_pod.sh', 'configs/demo.py', 'gs://b/run'],
+                             cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+  _started(process, ready)
+  process.send_signal(signal.SIGTERM)  # to the script alone, as a supervisor does
+  assert process.wait(timeout=30) == 75
+  assert len(log.read_text().splitlines()) == 1  # passed on, saved, not run again
+
+
+def test_a_preempted_slurm_job_outlives_the_signal_and_requeues(tmp_path):
+  env, _, ready = _slow_python(tmp_path)
+  process = subprocess.Popen(['bash', 'launch/slurm_gpu.sh', 'configs/demo.py', str(tmp_path / 'w')],
+                             cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+  _started(process, ready)
+  os.killpg(process.pid, signal.SIGTERM)  # a preemption signals every process of the job
+  assert process.wait(timeout=30) == 75
+  assert (tmp_path / 'scontrol.log').read_text() == 'scontrol requeue 42\n'

@@ -125,6 +125,13 @@ def test_a_changed_folder_is_refused_until_rebuilt(folders, tmp_path):
   assert video_folder.prepare(config).is_prepared()
   config.data.video_folder.rebuild = False
   assert video_folder.prepare(config).is_prepared()  # the rebuilt folder is the current one
+  # A folder that is gone (not mounted) is not a changed one: refused, the build kept.
+  built = video_folder.prepare(config).data_dir
+  root.rename(tmp_path / 'unmounted')
+  config.data.video_folder.rebuild = True
+  with pytest.raises(FileNotFoundError, match='is not a folder'):
+    video_folder.prepare(config)
+  assert pathlib.Path(built).is_dir()
 
 
 def test_bad_folder_is_one_line_on_the_command_line(capsys, tmp_path):

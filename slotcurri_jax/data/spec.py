@@ -36,7 +36,7 @@ class DatasetSpec:
   max_eval_frames(config): the frames T_pad of the longest evaluation batch.
   These three give the batches' shapes without opening the data (tools/aot.py).
   metric_convention: 'movi' | 'ytvis', how per-frame metrics count frames (metrics.py).
-  eval_videos(config): the evaluated videos in split order as dicts with 'name' and
+  eval_videos(builder): the evaluated videos in split order as dicts with 'name' and
     'has_masks'; evaluation then writes each one's predicted ids to a file and scores only
     those with masks. None: every video has labels and no mask files are written.
   """

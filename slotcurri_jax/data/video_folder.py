@@ -187,6 +187,7 @@ def prepare(config) -> VideoFolder:
   if not v.root:
     raise errors.UserError('config.data.video_folder.root is empty; pass '
                            '--config.data.video_folder.root=/path/to/your/videos')
+  scan.check_root(v.root)  # a missing (unmounted) folder is not a changed one: nothing removed
   if builder.is_prepared():
     before = read_manifest(builder)['fingerprint']
     if scan.fingerprint(v.root) == before:
@@ -220,9 +221,10 @@ def prepare(config) -> VideoFolder:
   return builder
 
 
-def eval_videos(config) -> list[dict]:
-  """The evaluated pieces in split order: {'name', 'has_masks', ...} (manifest.json)."""
-  return read_manifest(prepare(config))['eval_pieces']
+def eval_videos(builder: VideoFolder) -> list[dict]:
+  """The evaluated pieces in split order: {'name', 'has_masks', ...}, from the manifest of
+  the build the run reads (not a new scan of the folder)."""
+  return read_manifest(builder)['eval_pieces']
 
 
 # --------------------------------------------------------------------------- the spec

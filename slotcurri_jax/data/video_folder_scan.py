@@ -75,12 +75,18 @@ def _davis_folder(root: pathlib.Path, kind: str, resolution: str) -> pathlib.Pat
   return root / kind / resolution
 
 
-def find_videos(root: str, davis_resolution: str = '480p') -> list[Video]:
-  """The videos under `root` in natural name order; raises a user error when there are none."""
+def check_root(root: str) -> pathlib.Path:
+  """The folder `root`; a user error when it is missing (not mounted) or not a folder."""
   path = pathlib.Path(os.path.expanduser(root))
   if not root or not path.is_dir():
     raise errors.mark(FileNotFoundError(
         f'config.data.video_folder.root={root!r} is not a folder; expected {LAYOUT}'))
+  return path
+
+
+def find_videos(root: str, davis_resolution: str = '480p') -> list[Video]:
+  """The videos under `root` in natural name order; raises a user error when there are none."""
+  path = check_root(root)
   if _is_davis(path):
     frames = _davis_folder(path, 'JPEGImages', davis_resolution)
     masks = _davis_folder(path, 'Annotations', davis_resolution)

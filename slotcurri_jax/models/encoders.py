@@ -284,16 +284,22 @@ def _hub_unreachable(timeout_s: float = 1.0) -> str | None:
     return None
   url = urllib.parse.urlparse(hf_constants.ENDPOINT)
   try:
-    socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s).close()
+    port = url.port or (80 if url.scheme == 'http' else 443)
+    socket.create_connection((url.hostname, port), timeout=timeout_s).close()
   except OSError as e:
     return f'{url.hostname} cannot be reached from this machine ({type(e).__name__}: {e})'
   return None
 
 
 def _download_from_hub(variant: str, path: pathlib.Path) -> None:
-  """Fetch facebook/dinov2-* with huggingface_hub (when online) and convert it."""
+  """Fetch facebook/dinov2-* with huggingface_hub (from its local cache, else when online)
+  and convert it."""
   arch = dinov2.VARIANTS[variant]
   how = _how_to_get(variant, path)
+  cached = huggingface_hub.try_to_load_from_cache(arch['hf'], 'model.safetensors')
+  if isinstance(cached, str):  # downloaded before (an offline node with a filled cache)
+    save_params_npz(dinov2.state_dict_to_params(read_weights(pathlib.Path(cached))), path)
+    return
   if os.environ.get('HF_HUB_OFFLINE', '') not in ('', '0'):
     raise FileNotFoundError(f'DINOv2 weights not found at {path} (HF_HUB_OFFLINE is set). {how}')
   offline = _hub_unreachable()  # about a second offline, instead of the hub's retries

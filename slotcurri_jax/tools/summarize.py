@@ -21,16 +21,17 @@ import sys
 import numpy as np
 
 from slotcurri_jax import cli
+from slotcurri_jax import compat
 from slotcurri_jax import errors
 
 METRICS = {'ari': 'video FG-ARI', 'mbo': 'video mBO', 'image_ari': 'image FG-ARI',
            'image_mbo': 'image mBO', 'fragmentation': 'fragmentation'}
-# Keys that may differ between the seeds of one row: the seed, where data and weights are
-# kept, and how the machine ran it.
-IGNORED = ('config.seed', 'config.data.data_dir', 'config.data.prefetch',
-           'config.data.read_retries', 'config.data.read_backoff_s',
-           'config.data.video_folder.rebuild', 'config.model.encoder.weights',
-           'config.distributed.', 'config.mesh.', 'masks_dir')
+# Keys that may differ between the seeds of one row: the seed, and this machine's settings
+# (compat.LOCAL: where data and weights are kept, how they are read and sharded), but not
+# which videos are evaluated or which folder of videos was trained on.
+IGNORED = ('config.seed', 'config.data.video_folder.rebuild', 'masks_dir') + tuple(
+    f'config.{key}' for key in compat.LOCAL
+    if key not in ('data.num_eval_videos', 'data.video_folder'))
 
 
 def _flat(tree: dict, prefix: str = '') -> dict:
@@ -49,7 +50,10 @@ def load_run(workdir: str) -> dict:
   if not path.is_file():
     raise errors.UserError(f'{workdir} has no eval/metrics_latest.json: is it a finished run '
                            '(python -m slotcurri_jax.main ... --mode=train_and_eval)?')
-  payload = json.loads(path.read_text())
+  try:
+    payload = json.loads(path.read_text())
+  except ValueError as e:
+    raise errors.UserError(f'{path} is not valid JSON ({e}); evaluate the run again') from e
   metrics = payload.get('metrics', {})
   if 'ari' not in metrics:
     raise errors.UserError(f'{path} has no metrics (its evaluation videos had no masks)')
