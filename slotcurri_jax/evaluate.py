@@ -195,7 +195,7 @@ def _write(workdir: str, step: int, results: dict, settings: dict, figures: list
   for name in (f'metrics_step_{step}.json', 'metrics_latest.json'):  # whole or not at all
     tmp = out_dir / f'.{name}.tmp'
     tmp.write_text(payload)
-    tmp.rename(out_dir / name)
+    tmp.replace(out_dir / name)
   if figures:
     fig_dir = out_dir / f'figures_step_{step}'
     fig_dir.mkdir(parents=True, exist_ok=True)
