@@ -1,5 +1,6 @@
 """The library is free of the command line: importing it registers no absl flag."""
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -37,8 +38,7 @@ def _library_modules() -> list[str]:
 
 def _flags_after_importing(modules: list[str]) -> dict:
   out = subprocess.run([sys.executable, '-c', _PROBE, *modules], capture_output=True, text=True,
-                       check=False, env={'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '3',
-                                         'PATH': '/usr/bin:/bin'})
+                       check=False, env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'})
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -57,5 +57,5 @@ def test_the_probe_sees_a_flag_the_command_line_registers():
   # The check above can fail: the front doors' shared module does register --debug.
   out = subprocess.run([sys.executable, '-c', _PROBE, 'slotcurri_jax.cli'], capture_output=True,
                        text=True, check=False,
-                       env={'JAX_PLATFORMS': 'cpu', 'PATH': '/usr/bin:/bin'})
+                       env=os.environ)
   assert out.returncode != 0 and 'DuplicateFlagError' in out.stderr
