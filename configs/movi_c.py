@@ -9,10 +9,11 @@ Data: movi_c/128x128:1.0.0 under config.data.data_dir (default gs://kubric-publi
 Weights: DINOv2 ViT-S/14 (see README, "Weights").
 
 TPU (compiled for the slice by XLA's TPU compiler on a CPU, not run; docs/scaling.md):
-  python -m slotcurri_jax.tools.aot --config=configs/movi_c.py --topology=v5p-8
-SlotCurri at the paper batch fits the smallest slices compiled with the default options:
-v4-8 or v5p-8 (4 chips, 32 clips each: 13.3 / 13.4 GiB per chip of 32 / 95), and v5e-8
-(8 chips, 6.8 of 16 GiB); SlotContrast's batch of 64 needs half of that.
+  python -m slotcurri_jax.tools.aot --config=configs/movi_c.py --topology=v5e-4
+Smallest slice at the paper batch: v5e-4 (4 chips, 32 clips each: 13.3 of 16 GiB per chip,
+default options). Every method fits v5e-8, v5p-8, v4-8 and v5p-128 with the defaults
+(SlotCurri, SSync, SlotCurri+SSync 6.8 / 13.4 / 13.4 / 1.0 GiB per chip; SlotContrast's batch
+of 64 about half). 8 H100s (compiled, not run): 9.5 GiB per GPU.
 
 Expected video FG-ARI / video mBO on the 250 validation videos at 336 px (docs/method.md §13):
   slotcurri        77.6 +- 0.9 / 32.8   (cyclic rollout)

@@ -10,9 +10,12 @@ Weights: DINOv2 ViT-B/14. 300k steps; curriculum 2 -> 7 -> 15 at 30k / 75k; SSyn
 
 TPU (compiled for the slice by XLA's TPU compiler on a CPU, not run; docs/scaling.md):
   python -m slotcurri_jax.tools.aot --config=configs/movi_e.py --topology=v5e-8
-SlotCurri at the paper batch fits the smallest slices compiled with the default options:
-v5e-8 (8 chips, 16 clips each: 11.8 of 16 GiB per chip) and v5p-8 (4 chips, 32 clips each:
-23.2 of 95 GiB).
+Smallest slices at the paper batch with the default options: v5e-8 (8 chips, 16 clips each:
+11.8 of 16 GiB per chip), or 4 chips of v4-8 / v5p-8 (32 clips: 23.2 GiB of 32 / 95). On
+v5e-4 the train step needs at least 17.8 GiB of 16; the check names the cheapest options that fit
+there: --config.model.decoder.remat=True with bfloat16 (--config.model.compute_dtype=bfloat16
+--config.model.encoder.dtype=bfloat16): 11.75 GiB, 1.14x the FLOPs. Every method fits v5e-8,
+v5p-8, v4-8 and v5p-128 with the defaults; 8 H100s (compiled, not run): 14.5 GiB per GPU.
 
 Expected video FG-ARI / video mBO on the 250 validation videos at 336 px (docs/method.md §13):
   slotcurri        83.7 +- 0.2 / 28.9

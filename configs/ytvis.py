@@ -10,10 +10,13 @@ manual_dir; the last 300 videos are held out and the first 210 of them are score
 (quirk 11; --config.data.num_eval_videos=-1 scores all). 518 px, 37x37 patches.
 Weights: DINOv2 ViT-B/14.
 
-TPU: not yet compiled for a slice at this commit (docs/scaling.md); before training, check
-the slice with `python -m slotcurri_jax.tools.aot --config=configs/ytvis.py --topology=v5e-8`
-(launch/tpu_pod.sh does). On 8 H100s (compiled, not run) every method fits: 8.6 GiB per GPU
-(SSync, whose batch is 128: 16.7).
+TPU (compiled for the slice by XLA's TPU compiler on a CPU, not run; docs/scaling.md):
+  python -m slotcurri_jax.tools.aot --config=configs/ytvis.py --topology=v5e-4
+Smallest slice at the paper batch: v5e-4 (4 chips, 16 clips each: 13.6 of 16 GiB per chip,
+default options) for SlotCurri, and likewise SlotContrast and SlotCurri+SSync (batch 64);
+SSync's batch of 128 needs v5e-8 (12.9 GiB) or 4 chips of v4-8 / v5p-8 (27.4 GiB of 32 / 95).
+Every method fits v5e-8, v5p-8, v4-8 and v5p-128 with the defaults; 8 H100s (compiled, not
+run): 8.6 GiB per GPU (SSync 16.7).
 
 Expected video FG-ARI / video mBO at 518 px, whole videos (docs/method.md §13):
   slotcurri        44.8 +- 1.2 / 35.5 +- 2.2   (contrast pool 32, global batch 64)
