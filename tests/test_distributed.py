@@ -194,6 +194,7 @@ def test_sigterm_on_one_host_stops_every_host_at_one_saved_step(tmp_path):
   ckpt.close()
 
 
+@pytest.mark.slow  # about 40 s with its fixture on 2 cores
 def test_fsdp_matches_the_replicated_run_and_shards_params(reference, fsdp_run):
   # The one-device run is the replicated run (tests/test_train.py checks 8 replicated
   # devices against it).

@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from conftest import _CACHE, REPO
 
 SCRIPT = REPO / 'benchmarks' / 'gpu_check.sh'
@@ -83,6 +85,7 @@ def test_largest_batch_halves_until_it_fits(monkeypatch):
   assert out['results'][3]['steps'] == 1
 
 
+@pytest.mark.slow  # 2 min on 2 cores; the GPU benchmark at tiny sizes
 def test_cpu_dry_run_writes_one_json(tmp_path):
   """Every stage of the script at tiny sizes (about 1-2 minutes on 2 cores, less on a rerun
   from the compilation cache): what the GPU run does, with each branch taken."""

@@ -1,7 +1,10 @@
 """Training and evaluation show progress bars; the libraries' INFO chatter is off unless asked."""
+import pytest
+
 from cli_helpers import run_main, tiny_data_dir  # noqa: F401  (a fixture)
 
 
+@pytest.mark.slow  # 30 s on 2 cores: a short run through main
 def test_progress_bars_and_quiet_libraries(capsys, tmp_path, tiny_data_dir):
   args = ('--config=tests/tiny_cli_config.py', f'--config.data.data_dir={tiny_data_dir}',
           '--config.train.steps=2', '--config.train.log_every_steps=2')

@@ -94,6 +94,7 @@ def test_inactive_rows_get_exactly_zero_gradient_and_moments():
     assert np.all(m[2:] == 0.0) and np.any(m[:2] != 0.0)
 
 
+@pytest.mark.slow  # 30 s; two processes give one process's losses in the default suite (test_distributed)
 def test_eight_devices_give_the_one_device_losses():
   config = tiny_config()
   config.data.batch_size = 8
@@ -106,6 +107,7 @@ def test_eight_devices_give_the_one_device_losses():
       np.testing.assert_allclose(a[key], b[key], rtol=2e-5, atol=1e-6, err_msg=key)
 
 
+@pytest.mark.slow  # 26 s; test_aot compiles MOVi-C with fsdp in the default suite
 def test_fsdp_all_params_splits_every_matrix_and_keeps_the_losses():
   config = tiny_config()
   config.data.batch_size = 8
@@ -208,6 +210,7 @@ def drawn_spawns():
   return _spawn_run(parallel.create_mesh(devices=jax.devices()[:1]))
 
 
+@pytest.mark.slow  # 30 s on 2 cores
 def test_injected_spawn_directions_on_eight_devices(drawn_spawns):
   """batch['spawn_directions'] ([B, max_slots, D_s], sharded like the batch): 5 rows on 8
   devices work, and the spawned rows equal the one-device ones (and differ from the

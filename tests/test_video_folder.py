@@ -153,6 +153,7 @@ TINY = ('--config.data.resolution=32', '--config.data.video_folder.short_side=32
         '--config.train.checkpoint_every_steps=3', '--config.train.log_every_steps=1')
 
 
+@pytest.mark.slow  # 1-2 min on 2 cores: trains and evaluates twice through main
 def test_trains_and_evaluates_from_the_command_line(folders, capsys, tmp_path):
   """No masks in the evaluated videos: figures and mask files only, said so; DAVIS with
   masks: every metric."""
