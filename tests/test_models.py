@@ -291,6 +291,7 @@ def test_demo_head_start_inits():
   assert params_lib.scale_init(params, ()) is params
 
 
+@pytest.mark.slow  # 19 s on 2 cores
 def test_decoder_remat_gives_the_same_loss_and_gradients():
   _, model = _stack()
   _, remat = _stack(**{'decoder.remat': True})
