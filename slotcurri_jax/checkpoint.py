@@ -82,6 +82,7 @@ class Checkpointer:
     self.config = config
     self.schedule = compat.resolved_schedule(config)
     self._unsealed: list[int] = []  # steps saved here whose checksums are not written yet
+    self._verified: dict[int, Exception | None] = {}  # step -> its checksum failure, if any
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -140,6 +141,7 @@ class Checkpointer:
     if step in self._manager.all_steps():
       return
     self._seal()  # the previous save has finished: its checksums first
+    self._verified.pop(step, None)  # a step moved aside and now written again
     self._manager.save(
         step,
         args=ocp.args.Composite(
@@ -176,7 +178,7 @@ class Checkpointer:
     failures = []
     for s in steps:
       try:
-        verify(self.directory / str(s))
+        self._verify(s)
         restored = self._manager.restore(
             s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
       except Exception as e:  # orbax/tensorstore raise many types for unreadable data
@@ -195,13 +197,25 @@ class Checkpointer:
                            + '; '.join(failures) + '). Use another --workdir, or delete the '
                            'unreadable steps to start again.')
 
+  def _verify(self, step: int) -> None:
+    """`verify` of a step, its files read once per run (the compatibility check, the
+    state-field check and the restore all ask about the newest step)."""
+    if step not in self._verified:
+      try:
+        verify(self.directory / str(step))
+        self._verified[step] = None
+      except checksums.Mismatch as e:
+        self._verified[step] = e
+    if self._verified[step] is not None:
+      raise self._verified[step]
+
   def _state_metadata(self, step: int) -> dict | None:
     """The tree metadata of a step's train state; None when its files fail their checksums
     or the metadata does not read. Checked before orbax reads anything: tensorstore reading
     a corrupt step leaves threads that print tracebacks after the error is handled."""
     step_dir = self.directory / str(step)
     try:
-      verify(step_dir)
+      self._verify(step)
       with ocp.PyTreeCheckpointer() as checkpointer:
         return _tree(checkpointer.metadata(step_dir / 'state'))
     except Exception:  # pylint: disable=broad-except  (orbax raises many types)
@@ -227,6 +241,8 @@ class Checkpointer:
 
   def _move_aside(self, steps: list[int]) -> None:
     aside = self.directory.parent / 'checkpoints_unreadable'
+    for s in steps:
+      self._verified.pop(s, None)
     if jax.process_index() == 0:
       aside.mkdir(exist_ok=True)
       for s in steps:
