@@ -41,11 +41,12 @@ SCHEDULE_KEYS = ('curriculum.schedule', 'curriculum.stage_fractions',
 SHOWN = 12  # differing keys listed in a refusal
 
 
-def _flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
+def flatten(tree: dict, prefix: str = '') -> dict[str, Any]:
+  """{"a.b.c": value} of a nested dict (tuples as lists, as they read back from JSON)."""
   flat = {}
   for k, v in tree.items():
     if isinstance(v, dict):
-      flat.update(_flatten(v, f'{prefix}{k}.'))
+      flat.update(flatten(v, f'{prefix}{k}.'))
     else:
       flat[f'{prefix}{k}'] = list(v) if isinstance(v, tuple) else v
   return flat
@@ -88,8 +89,8 @@ def incompatibilities(saved_config: dict, config, *, saved_schedule: list | None
   path -> shape, of the checkpoint and of the model built from `config`. Keys missing
   from the saved config (written by an older version) are not compared.
   """
-  flat_saved = _flatten(saved_config)
-  flat_now = _flatten(json.loads(config.to_json_best_effort()))
+  flat_saved = flatten(saved_config)
+  flat_now = flatten(json.loads(config.to_json_best_effort()))
   if saved_schedule is None:
     saved_schedule = _schedule_of_old_checkpoint(saved_config)
   schedule = resolved_schedule(config)
@@ -122,7 +123,7 @@ def _with_saved_values(config, saved_config: dict):
   """(A copy of `config` with every key of `saved_config` except the LOCAL ones, the keys
   whose values that replaced)."""
   out, replaced = copy.deepcopy(config), []
-  for key, value in _flatten(saved_config).items():
+  for key, value in flatten(saved_config).items():
     if _inside(key, LOCAL):
       continue
     *parents, name = key.split('.')

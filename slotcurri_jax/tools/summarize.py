@@ -34,16 +34,6 @@ IGNORED = ('config.seed', 'config.data.video_folder.rebuild', 'masks_dir') + tup
     if key not in ('data.num_eval_videos', 'data.video_folder'))
 
 
-def _flat(tree: dict, prefix: str = '') -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
-
-
 def load_run(workdir: str) -> dict:
   """{'workdir', 'metrics', 'settings' (flat, the config under 'config.')} of one run."""
   path = pathlib.Path(workdir) / 'eval' / 'metrics_latest.json'
@@ -57,7 +47,7 @@ def load_run(workdir: str) -> dict:
   metrics = payload.get('metrics', {})
   if 'ari' not in metrics:
     raise errors.UserError(f'{path} has no metrics (its evaluation videos had no masks)')
-  return {'workdir': str(workdir), 'metrics': metrics, 'settings': _flat(payload['settings'])}
+  return {'workdir': str(workdir), 'metrics': metrics, 'settings': compat.flatten(payload['settings'])}
 
 
 def _row_key(run: dict) -> tuple[str, str]:
