@@ -188,9 +188,9 @@ def prepare(config) -> VideoFolder:
     raise errors.UserError('config.data.video_folder.root is empty; pass '
                            '--config.data.video_folder.root=/path/to/your/videos')
   scan.check_root(v.root)  # a missing (unmounted) folder is not a changed one: nothing removed
+  fingerprint = scan.fingerprint(v.root)
   if builder.is_prepared():
-    before = read_manifest(builder)['fingerprint']
-    if scan.fingerprint(v.root) == before:
+    if fingerprint == read_manifest(builder)['fingerprint']:
       return builder
     if not v.rebuild:
       raise errors.UserError(
@@ -198,7 +198,6 @@ def prepare(config) -> VideoFolder:
           'with the same command and --config.data.video_folder.rebuild=True')
     logging.warning('video_folder: %s changed; rebuilding %s', v.root, builder.data_dir)
     shutil.rmtree(builder.data_dir)
-  fingerprint = scan.fingerprint(v.root)
   videos = scan.find_videos(v.root, v.davis_resolution)
   checked = scan.check(videos, config.data.train_clip_len, v.on_bad_video)
   train, validation, convention = scan.split(checked, v.root, v.manifest, v.validation_fraction,
