@@ -97,7 +97,9 @@ def evaluate(config, predictor: predict_lib.Predictor, state, mesh, *, workdir: 
       'num_videos': num_videos, 'all_slots': bool(config.eval.all_slots),
       'active_slots': int(np.sum(jax.device_get(active))), 'max_slots': config.model.max_slots,
       'method': config.method, 'ssync': bool(config.ssync.enabled),
-      'frames': 'whole videos',
+      'frames': 'whole videos' if videos is None else (  # video_folder: the manifest's pieces
+          f'videos cut into pieces of at most {config.data.video_folder.max_eval_frames} '
+          'frames, each scored as a video'),
       'config': json.loads(config.to_json_best_effort()),  # all of it (tools/summarize.py)
   }
   if videos is not None:

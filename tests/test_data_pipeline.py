@@ -182,3 +182,21 @@ def test_batch_shapes_are_the_batches_the_iterators_yield(data_dir, on_device):
   evaluation = {k: v for k, v in next(pipeline.eval_iterator(config)).items()
                 if k != 'video_name'}
   assert layout(evaluation) == {k: (v.shape, np.dtype(v.dtype)) for k, v in eval_shapes.items()}
+
+
+def test_process_0_prepares_the_dataset_before_the_others(monkeypatch):
+  """On several processes a shared data_dir is built once: process 0 prepares, the others
+  wait at a barrier, then find it prepared (or prepare their own disk's)."""
+  import dataclasses
+  from jax.experimental import multihost_utils
+  from slotcurri_jax.data import datasets
+  calls = []
+  spec = dataclasses.replace(datasets.DATASETS['synthetic_movi'],
+                             builder=lambda config: calls.append('prepare') or 'builder')
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(multihost_utils, 'sync_global_devices', lambda name: calls.append('wait'))
+  for index, order in ((0, ['prepare', 'wait']), (1, ['wait', 'prepare'])):
+    monkeypatch.setattr(jax, 'process_index', lambda: index)
+    calls.clear()
+    assert datasets.Dataset(config=tiny_config(), spec=spec).builder == 'builder'
+    assert calls == order

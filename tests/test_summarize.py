@@ -49,3 +49,25 @@ def test_refuses_runs_that_differ_in_more_than_the_seed(tmp_path, capsys):
     summarize.main([a, str(tmp_path / 'missing')])
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and 'has no eval/metrics_latest.json' in err[0]
+
+
+def test_a_seed_or_a_workdir_given_twice_is_refused(tmp_path):
+  a, b = _run(tmp_path / 'a', 0, 10.0), _run(tmp_path / 'b', 1, 12.0)
+  c = _run(tmp_path / 'c', 1, 11.0)  # seed 1 again, third in the row: not next to the first
+  with pytest.raises(errors.UserError, match=r'b and .*c are the same seed \(1\)'):
+    summarize.summarize([a, b, c])
+  with pytest.raises(errors.UserError, match='is given twice'):
+    summarize.summarize([a, b, str(tmp_path / 'x' / '..' / 'b')])
+
+
+def test_a_metric_some_run_lacks_is_null_in_json(tmp_path, capsys):
+  runs = [_run(tmp_path / f'r{s}', s, 10.0 + s) for s in range(2)]
+  path = tmp_path / 'r1' / 'eval' / 'metrics_latest.json'
+  payload = json.loads(path.read_text())
+  del payload['metrics']['image_mbo']
+  path.write_text(json.dumps(payload))
+  assert summarize.main(['--format=json', *runs]) == 0
+  row, = json.loads(capsys.readouterr().out)  # a NaN would load as nan, not None
+  assert row['metrics']['image_mbo'] == {'mean': None, 'std': None}
+  assert summarize.main(runs) == 0
+  assert '| n/a |' in capsys.readouterr().out

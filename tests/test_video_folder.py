@@ -5,6 +5,7 @@ import pathlib
 import shutil
 
 import numpy as np
+import PIL.Image
 import pytest
 
 from cli_helpers import error_lines, run_main
@@ -132,6 +133,89 @@ def test_a_changed_folder_is_refused_until_rebuilt(folders, tmp_path):
   with pytest.raises(FileNotFoundError, match='is not a folder'):
     video_folder.prepare(config)
   assert pathlib.Path(built).is_dir()
+
+
+def test_a_builds_manifest_is_a_split_and_an_edit_to_it_is_a_change(folders, tmp_path):
+  root = _copy(folders, tmp_path)
+  first = video_folder.prepare(_config(root, tmp_path / 'a', validation_fraction=0.25))
+  written = pathlib.Path(first.data_dir) / 'manifest.json'  # rows, not names: read as well
+  split = tmp_path / 'split.json'
+  shutil.copy(written, split)
+  config = _config(root, tmp_path / 'b', manifest=str(split))
+  manifest = video_folder.read_manifest(video_folder.prepare(config))
+  assert [v['name'] for v in manifest['validation']] == ['d_frames']
+  given = json.loads(split.read_text())
+  given['train'], given['validation'] = given['train'][:2], given['train'][2:]
+  split.write_text(json.dumps(given))
+  with pytest.raises(errors.UserError, match=r'\(or its manifest\) changed since'):
+    video_folder.prepare(config)
+  for text in ('["a_clip"]', '{"train": [1], "validation": []}', '{not json'):
+    split.write_text(text)
+    _one_line_error(_config(root, tmp_path / 'c', manifest=str(split)), 'is not a split')
+
+
+def test_files_the_scan_does_not_read_are_not_a_change(folders, tmp_path):
+  root = _copy(folders, tmp_path)
+  config = _config(root, tmp_path / 'tfds', validation_fraction=0.25)
+  video_folder.prepare(config)
+  (root / 'my_run' / 'checkpoints').mkdir(parents=True)  # a workdir inside the folder
+  (root / 'my_run' / 'checkpoints' / 'state').write_bytes(b'x' * 100)
+  (root / 'notes.txt').write_text('shot on a phone')
+  video_folder.prepare(config)  # not refused
+  helpers.write_frames(root / 'e_new', helpers.synthetic_video(5, 8, 32, 32)[0])
+  with pytest.raises(errors.UserError, match='changed since'):
+    video_folder.prepare(config)
+
+
+def test_a_rebuild_that_fails_its_checks_keeps_the_old_build(folders, tmp_path):
+  root = _copy(folders, tmp_path)
+  config = _config(root, tmp_path / 'tfds', validation_fraction=0.25)
+  built = pathlib.Path(video_folder.prepare(config).data_dir)
+  (root / 'broken.mp4').write_bytes(b'not an mp4 at all')
+  config.data.video_folder.rebuild = True
+  with pytest.raises(errors.UserError, match="video 'broken' .*cannot be read"):
+    video_folder.prepare(config)
+  assert (built / 'dataset_info.json').is_file()
+
+
+def test_skipped_videos_named_by_the_split_files_are_left_out(folders, tmp_path):
+  root = _copy(folders, tmp_path, which=1)
+  (root / 'JPEGImages' / '480p' / 'car' / '00003.jpg').write_bytes(b'')  # car cannot be read
+  _one_line_error(_config(root, tmp_path / 'tfds'), r"video 'car' .*cannot be read")
+  manifest = video_folder.read_manifest(
+      video_folder.prepare(_config(root, tmp_path / 'tfds', on_bad_video='skip')))
+  assert [v['name'] for v in manifest['train']] == ['bear'] and manifest['skipped'] == ['car']
+
+
+def test_masks_bad_files_binary_pngs_and_too_many_objects(folders, tmp_path):
+  root = _copy(folders, tmp_path)
+  PIL.Image.new('RGB', (52, 36)).save(root / 'masks' / 'd_frames' / '00004.png')
+  _one_line_error(_config(root, tmp_path / 'tfds'), r'mask .*00004.png is a RGB image')
+  (root / 'masks' / 'd_frames' / '00004.png').write_bytes(b'garbage')
+  _one_line_error(_config(root, tmp_path / 'tfds'), r'mask .*00004.png cannot be read')
+  ids = np.zeros((9, 36, 52), np.uint8)
+  for t, frame in enumerate(ids):  # 1-bit PNGs (saved from bool arrays): ids 0 and 1
+    frame[:, :10 + t] = 1
+    PIL.Image.fromarray(frame.astype(bool)).save(root / 'masks' / 'd_frames' / f'{t:05d}.png')
+  config = _config(root, tmp_path / 'tfds', validation_fraction=0.25)
+  manifest = video_folder.read_manifest(video_folder.prepare(config))
+  assert manifest['validation'][0]['num_objects'] == 1
+  helpers.write_masks(root / 'masks' / 'd_frames', np.tile(np.arange(36, dtype=np.uint8)[:, None],
+                                                           (9, 1, 52)), palette=False)
+  config.data.video_folder.rebuild = True
+  with pytest.raises(errors.UserError, match=r"'d_frames' .*hold 35 object ids, more than "
+                     r'config.data.max_instances=25; pass --config.data.max_instances=35'):
+    video_folder.prepare(config)
+
+
+def test_frames_are_decoded_one_at_a_time(folders):
+  from slotcurri_jax.data import video_files
+  frames = video_files.iter_video(folders[0] / 'a_clip.mp4')
+  first = next(frames)
+  assert first.shape == (48, 64, 3) and first.dtype == np.uint8
+  whole, fps = video_files.read_video(folders[0] / 'a_clip.mp4')
+  assert len(whole) == 24 and fps == 10.0
+  np.testing.assert_array_equal(np.stack([first, *frames]), whole)
 
 
 def test_bad_folder_is_one_line_on_the_command_line(capsys, tmp_path):

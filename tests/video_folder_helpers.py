@@ -54,14 +54,35 @@ def write_generic(root: pathlib.Path) -> pathlib.Path:
 
 
 def write_davis(root: pathlib.Path, videos=(('bear', 20, 48, 64), ('car', 14, 48, 64),
-                                             ('dog', 11, 40, 72))) -> pathlib.Path:
-  """DAVIS 2017's layout: JPEG frames, palette masks, ImageSets/2017 with 'dog' in val."""
+                                             ('dog', 11, 40, 72)), num_val: int = 1) -> pathlib.Path:
+  """DAVIS 2017's layout: JPEG frames, palette masks, ImageSets/2017 with the last `num_val`
+  videos ('dog' by default) in val."""
   for i, (name, t, h, w) in enumerate(videos):
     frames, ids = synthetic_video(10 + i, t, h, w)
     write_frames(root / 'JPEGImages' / '480p' / name, frames, '.jpg')
     write_masks(root / 'Annotations' / '480p' / name, ids, palette=True)
   sets = root / 'ImageSets' / '2017'
   sets.mkdir(parents=True)
-  (sets / 'train.txt').write_text(''.join(f'{v[0]}\n' for v in videos[:-1]))
-  (sets / 'val.txt').write_text(f'{videos[-1][0]}\n')
+  (sets / 'train.txt').write_text(''.join(f'{v[0]}\n' for v in videos[:-num_val]))
+  (sets / 'val.txt').write_text(''.join(f'{v[0]}\n' for v in videos[-num_val:]))
   return root
+
+
+def write_readme_examples(mp4_root: pathlib.Path, davis_root: pathlib.Path):
+  """The two folders of README "Your own videos": five mp4s without masks (24 to 60 frames,
+  90x120 to 160x96), and DAVIS 2017's layout with 8 videos (6 in train.txt, 2 in val.txt)."""
+  mp4_root.mkdir(parents=True)
+  for i, (name, t, h, w) in enumerate((('beach', 24, 90, 120), ('city', 36, 120, 160),
+                                       ('dance', 48, 96, 128), ('field', 60, 160, 96),
+                                       ('garden', 30, 112, 112))):
+    frames, _ = synthetic_video(20 + i, t, h, w)
+    iio.imwrite(mp4_root / f'{name}.mp4', frames, plugin='FFMPEG', fps=10, macro_block_size=1)
+  write_davis(davis_root, (('bear', 40, 54, 96), ('car', 36, 48, 64), ('cow', 48, 72, 128),
+                           ('dog', 52, 60, 80), ('elephant', 44, 54, 96), ('fox', 30, 48, 64),
+                           ('goat', 78, 54, 96), ('horse', 86, 60, 80)), num_val=2)
+
+
+if __name__ == '__main__':
+  # python tests/video_folder_helpers.py /tmp/my_videos /tmp/DAVIS
+  import sys
+  write_readme_examples(pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]))

@@ -6,6 +6,9 @@ import dataclasses
 import functools
 from typing import Any
 
+import jax
+from jax.experimental import multihost_utils
+
 from slotcurri_jax.data import movi
 from slotcurri_jax.data import spec as spec_lib
 from slotcurri_jax.data import video_folder
@@ -44,5 +47,14 @@ class Dataset:
 
   @functools.cached_property
   def builder(self) -> Any:
-    """The prepared builder; raises FileNotFoundError with how to get the data."""
-    return self.spec.builder(self.config)
+    """The prepared builder; raises FileNotFoundError with how to get the data.
+
+    With several processes, process 0 prepares first and the others wait for it, then
+    prepare theirs: a data_dir they share is built once (the others find it built), one
+    on each host's own disk is built by each. Every process reads the builder at the same
+    point of a run, so the barrier is met by all."""
+    if jax.process_count() == 1:
+      return self.spec.builder(self.config)
+    first = self.spec.builder(self.config) if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices(f'dataset {self.config.data.name} prepared')
+    return first if first is not None else self.spec.builder(self.config)

@@ -7,10 +7,12 @@ Pillow. Frames come back as uint8 RGB [T, H, W, 3].
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import re
 import warnings
+from typing import Iterator
 
 import imageio.v3 as iio
 import numpy as np
@@ -62,58 +64,107 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float | None]:
     fps: the file's frame rate, or None when it has none (folders, images).
 
   Raises:
+    FileNotFoundError, ValueError: as `iter_video`.
+  """
+  frames = np.stack(list(iter_video(path)))
+  return frames, _fps(pathlib.Path(os.path.expanduser(str(path))))
+
+
+def iter_video(path: str | os.PathLike) -> Iterator[np.ndarray]:
+  """The frames of a video file, a GIF, one image or a folder of frames, one at a time
+  (uint8 [H, W, 3] each), so that a long video is never held whole.
+
+  Raises (when the bad frame or the end is reached):
     FileNotFoundError: the path does not exist.
-    ValueError: an empty file or folder, an undecodable file, zero frames, non-RGB
+    ValueError: an empty file or folder, an undecodable file or frame, zero frames, non-RGB
       frames, or frames of different sizes. Messages name the file.
   """
   path = pathlib.Path(os.path.expanduser(str(path)))
   if not path.exists():
     raise FileNotFoundError(f'video {path} does not exist')
   if path.is_dir():
-    files = frame_files(path)
-    if not files:
-      raise ValueError(f'folder {path} holds no frames: expected {"/".join(IMAGE_SUFFIXES)} '
-                       'files (sorted by name)')
-    frames = []
-    for f in files:
-      try:
-        image = iio.imread(f)
-      except Exception as e:  # the image plugins raise many types
-        raise ValueError(f'cannot decode frame {f}: {first_line(e)}') from e
-      frame = _to_rgb(np.asarray(image), str(f))
-      if frames and frame.shape != frames[0].shape:
-        raise ValueError(f'frame {f} is {frame.shape[1]}x{frame.shape[0]} but {files[0].name} is '
-                         f'{frames[0].shape[1]}x{frames[0].shape[0]}; all frames of a folder '
-                         'must have one size')
-      frames.append(frame)
-    return np.stack(frames), None
-
+    yield from _iter_folder(path)
+    return
   if path.stat().st_size == 0:
     raise ValueError(f'video {path} is empty (0 bytes)')
+  decoded, first, count = _iter_file(path), None, 0
+  while True:
+    try:
+      frame = next(decoded, None)
+    except Exception as e:  # imageio/ffmpeg/Pillow raise OSError, RuntimeError, ValueError, ...
+      raise ValueError(f'cannot decode video {path}: it is corrupt, not a video, or holds no '
+                       f'video frames ({first_line(e)}). Supported: {", ".join(VIDEO_SUFFIXES)}, '
+                       '.gif, one image, or a folder of frames') from e
+    if frame is None:
+      break
+    frame = _to_rgb(frame, str(path))
+    first = frame.shape if first is None else first
+    if frame.shape != first:
+      raise ValueError(f'video {path}: frame {count} is {frame.shape[1]}x{frame.shape[0]} but '
+                       f'frame 0 is {first[1]}x{first[0]}')
+    count += 1
+    yield frame
+  if count == 0:
+    raise ValueError(f'video {path} has no frames')
+
+
+def _iter_folder(path: pathlib.Path) -> Iterator[np.ndarray]:
+  """The frames of a folder of images, in natural name order, checked to share one size."""
+  files = frame_files(path)
+  if not files:
+    raise ValueError(f'folder {path} holds no frames: expected {"/".join(IMAGE_SUFFIXES)} '
+                     'files (sorted by name)')
+  first = None
+  for f in files:
+    try:
+      image = iio.imread(f)
+    except Exception as e:  # the image plugins raise many types
+      raise ValueError(f'cannot decode frame {f}: {first_line(e)}') from e
+    frame = _to_rgb(np.asarray(image), str(f))
+    first = frame.shape if first is None else first
+    if frame.shape != first:
+      raise ValueError(f'frame {f} is {frame.shape[1]}x{frame.shape[0]} but {files[0].name} is '
+                       f'{first[1]}x{first[0]}; all frames of a folder must have one size')
+    yield frame
+
+
+def _iter_file(path: pathlib.Path) -> Iterator[np.ndarray]:
+  """A file's decoded frames as they come ([H, W, C] or [H, W]), not yet checked."""
   suffix = path.suffix.lower()
-  fps = None
+  if suffix == '.gif':  # GIFs are small: decoded whole
+    decoded = np.asarray(iio.imread(path, index=None))
+    yield from (decoded[..., None] if decoded.ndim == 3 else decoded)  # grayscale: [T, H, W]
+  elif suffix in IMAGE_SUFFIXES:
+    yield np.asarray(iio.imread(path))
+  else:  # mp4, webm, ... and anything else ffmpeg may know
+    frames = iio.imiter(path, plugin='FFMPEG')
+    with _forking_ffmpeg():
+      first = next(frames, None)
+    if first is not None:
+      yield np.asarray(first)
+      yield from (np.asarray(f) for f in frames)
+
+
+@contextlib.contextmanager
+def _forking_ffmpeg():
+  """jax warns on every fork; ffmpeg's fork is followed by exec at once, which is safe."""
+  with warnings.catch_warnings():
+    warnings.filterwarnings('ignore', 'os.fork', RuntimeWarning)
+    yield
+
+
+def _fps(path: pathlib.Path) -> float | None:
+  """A video file's or GIF's frame rate; None for folders, images and files without one."""
+  suffix = path.suffix.lower()
   try:
+    if path.is_dir() or suffix in IMAGE_SUFFIXES:
+      return None
     if suffix == '.gif':
-      decoded = np.asarray(iio.imread(path, index=None))
       duration_ms = iio.immeta(path, index=0).get('duration') or 0
       fps = 1000.0 / duration_ms if duration_ms > 0 else None
-    elif suffix in IMAGE_SUFFIXES:
-      decoded = np.asarray(iio.imread(path))[None]
-    else:  # mp4, webm, ... and anything else ffmpeg may know
-      with warnings.catch_warnings():
-        # jax warns on every fork; ffmpeg's fork is followed by exec at once, which is safe.
-        warnings.filterwarnings('ignore', 'os.fork', RuntimeWarning)
-        decoded = [np.asarray(f) for f in iio.imiter(path, plugin='FFMPEG')]
+    else:
+      with _forking_ffmpeg():
         fps = iio.immeta(path, plugin='FFMPEG').get('fps')
-      decoded = np.stack(decoded) if decoded else np.zeros((0, 0, 0, 3), np.uint8)
-  except Exception as e:  # imageio/ffmpeg/Pillow raise OSError, RuntimeError, ValueError, ...
-    raise ValueError(f'cannot decode video {path}: it is corrupt, not a video, or holds no '
-                     f'video frames ({first_line(e)}). Supported: {", ".join(VIDEO_SUFFIXES)}, '
-                     '.gif, one image, or a folder of frames') from e
-  if len(decoded) == 0:
-    raise ValueError(f'video {path} has no frames')
-  if decoded.ndim == 3 and suffix not in IMAGE_SUFFIXES:  # grayscale GIF: [T, H, W]
-    decoded = decoded[..., None]
-  frames = np.stack([_to_rgb(f, str(path)) for f in decoded])
-  fps = float(fps) if fps and np.isfinite(fps) and fps > 0 else None
-  return frames, fps
+  except Exception:  # the frames decoded; a missing rate is not an error
+    return None
+  return float(fps) if fps and np.isfinite(fps) and fps > 0 else None

@@ -19,9 +19,10 @@ The build, into `<data_dir>/video_folder/<folder>_<hash>/1.0.0` (data_dir defaul
   object id, and ids are scored under YouTube-VIS's convention (metric_convention
   'ytvis': frames without an object do not count in the per-frame metrics);
 * `manifest.json` beside the TFDS files lists the split (and how it was made), every
-  video's frames and size, the skipped videos and the folder's fingerprint. A later run
-  whose folder changed (a file added, removed or modified) is refused with the command
-  that rebuilds it.
+  video's frames and size, the skipped videos and the fingerprint of the files it read (and
+  of a given manifest). A later run whose folder changed (a video, frame, mask or split file
+  added, removed or modified) is refused with the command that rebuilds it; the old build
+  is removed only once the new folder has passed its checks.
 
 Evaluation writes each evaluated piece's predicted slot ids to
 eval/masks_step_<step>/<piece>.npz; pieces without masks are not scored, and when no
@@ -107,14 +108,16 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
 
 def _load(checked: scan.Checked, with_masks: bool, c: VideoFolderConfig):
   """A video's frames as PNG bytes at the stored size (h, w) (`ytvis.stored_png`), its
-  object masks uint8 [T, h, w, K] at that size (None when not wanted or not there), (h, w)."""
+  object masks uint8 [T, h, w, K] at that size (None when not wanted or not there), (h, w).
+  Frames and masks are resized as they are decoded: the full-size video is never held."""
   size = ytvis.short_side_size(checked.height, checked.width, c.short_side)
   frames = [ytvis.stored_png(ytvis.prepass(image, size, c.prepass_resize))
-            for image in scan.read_frames(checked.video)]
+            for image in scan.iter_frames(checked.video)]
   masks = None
   if with_masks and checked.video.masks is not None:
-    ids = scan.read_masks(checked.video, checked.num_frames, checked.height, checked.width)
-    ids = np.stack([ytvis.prepass(m[..., None], size, 'nearest_exact')[..., 0] for m in ids])
+    ids = np.stack([ytvis.prepass(m[..., None], size, 'nearest_exact')[..., 0] for m in
+                    scan.iter_masks(checked.video, checked.num_frames, checked.height,
+                                    checked.width)])
     masks = scan.instance_channels(ids)
   return frames, masks, size
 
@@ -188,29 +191,34 @@ def prepare(config) -> VideoFolder:
     raise errors.UserError('config.data.video_folder.root is empty; pass '
                            '--config.data.video_folder.root=/path/to/your/videos')
   scan.check_root(v.root)  # a missing (unmounted) folder is not a changed one: nothing removed
-  fingerprint = scan.fingerprint(v.root)
-  if builder.is_prepared():
+  videos = scan.find_videos(v.root, v.davis_resolution)
+  fingerprint = scan.fingerprint(videos, v.root, v.manifest)
+  rebuilding = builder.is_prepared()
+  if rebuilding:
     if fingerprint == read_manifest(builder)['fingerprint']:
       return builder
     if not v.rebuild:
       raise errors.UserError(
-          f'the folder {v.root} changed since it was built into {builder.data_dir}; rebuild '
-          'with the same command and --config.data.video_folder.rebuild=True')
-    logging.warning('video_folder: %s changed; rebuilding %s', v.root, builder.data_dir)
-    shutil.rmtree(builder.data_dir)
-  videos = scan.find_videos(v.root, v.davis_resolution)
+          f'the folder {v.root} (or its manifest) changed since it was built into '
+          f'{builder.data_dir}; rebuild with the same command and '
+          '--config.data.video_folder.rebuild=True')
   checked = scan.check(videos, config.data.train_clip_len, v.on_bad_video)
-  train, validation, convention = scan.split(checked, v.root, v.manifest, v.validation_fraction,
-                                             v.davis_resolution)
-  train_rows, eval_rows = plan(train, validation, builder.builder_config)
   kept = {c.video.name for c in checked}
+  skipped = [x.name for x in videos if x.name not in kept]
+  train, validation, convention = scan.split(checked, v.root, v.manifest, v.validation_fraction,
+                                             frozenset(skipped))
+  scan.check_objects(validation, config.data.max_instances)
+  train_rows, eval_rows = plan(train, validation, builder.builder_config)
   manifest = {
       'root': os.path.abspath(os.path.expanduser(v.root)), 'fingerprint': fingerprint,
       'convention': convention, 'train': [c.row() for c in train],
       'validation': [c.row() for c in validation],
       'eval_pieces': [{'name': name, 'video': c.video.name, 'first_frame': a, 'num_frames': b - a,
                        'has_masks': c.video.masks is not None} for c, a, b, name in eval_rows],
-      'skipped': [x.name for x in videos if x.name not in kept]}
+      'skipped': skipped}
+  if rebuilding:  # only now: a folder that fails its checks leaves the old build in place
+    logging.warning('video_folder: %s changed; rebuilding %s', v.root, builder.data_dir)
+    shutil.rmtree(builder.data_dir)
   builder = _builder(config, {'manifest': manifest, 'train': train_rows,
                               'validation': eval_rows})
   logging.info('video_folder: building %d training pieces and %d evaluation pieces of %s into '

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import pathlib
+from typing import Iterator
 
 from absl import logging
 import numpy as np
@@ -54,15 +55,18 @@ class Video:
 
 @dataclasses.dataclass(frozen=True)
 class Checked:
-  """A video that decoded: its frame count, frame size and whether it has masks."""
+  """A video that decoded: its frame count, frame size, whether it has masks and how many
+  object ids they hold."""
   video: Video
   num_frames: int
   height: int
   width: int
+  num_objects: int = 0
 
   def row(self) -> dict:
     return {'name': self.video.name, 'num_frames': self.num_frames, 'height': self.height,
-            'width': self.width, 'has_masks': self.video.masks is not None}
+            'width': self.width, 'has_masks': self.video.masks is not None,
+            'num_objects': self.num_objects}
 
 
 # --------------------------------------------------------------------------- layouts
@@ -122,72 +126,108 @@ def find_videos(root: str, davis_resolution: str = '480p') -> list[Video]:
 
 # --------------------------------------------------------------------------- reading
 
-def read_frames(video: Video) -> np.ndarray:
-  """uint8 [T, H, W, 3]; a user error naming the video when it cannot be decoded."""
+def iter_frames(video: Video) -> Iterator[np.ndarray]:
+  """The frames uint8 [H, W, 3], one at a time; a user error naming the video when one
+  cannot be decoded."""
   try:
-    frames, _ = video_files.read_video(video.source)
+    yield from video_files.iter_video(video.source)
   except (ValueError, OSError) as e:
     raise errors.UserError(f'video {video.name!r} ({video.source}) cannot be read: '
                            f'{errors.message(e)}') from e
-  return frames
 
 
-def read_masks(video: Video, num_frames: int, height: int, width: int) -> np.ndarray:
-  """Mask ids uint8 [T, H, W] (0 background, 255 ignore), checked against the frames."""
+def iter_masks(video: Video, num_frames: int, height: int, width: int) -> Iterator[np.ndarray]:
+  """Mask ids uint8 [H, W] per frame (0 background, 255 ignore), checked against the frames."""
   files = [f for f in video_files.frame_files(pathlib.Path(video.masks))
            if f.suffix.lower() == '.png']
   if len(files) != num_frames:
     raise errors.UserError(f'video {video.name!r} has {num_frames} frames but {len(files)} '
                            f'mask PNGs in {video.masks}; give one mask per frame')
-  masks = np.zeros((num_frames, height, width), np.uint8)
-  for t, f in enumerate(files):
-    with PIL.Image.open(f) as image:
-      if image.mode not in ('P', 'L', 'I', 'I;16'):
-        raise errors.UserError(f'mask {f} is a {image.mode} image; masks must be palette or '
-                               'single-channel PNGs of integer ids')
-      ids = np.asarray(image)
+  for f in files:
+    try:
+      with PIL.Image.open(f) as image:
+        mode, ids = image.mode, np.asarray(image)
+    except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
+      raise errors.UserError(f'mask {f} cannot be read ({video_files.first_line(e)}); '
+                             'replace it with a PNG of integer ids') from e
+    if mode not in ('P', 'L', 'I', 'I;16', '1'):
+      raise errors.UserError(f'mask {f} is a {mode} image; masks must be palette or '
+                             'single-channel PNGs of integer ids')
     if ids.shape != (height, width):
       raise errors.UserError(f'mask {f} is {ids.shape[1]}x{ids.shape[0]} but the frames of '
                              f'video {video.name!r} are {width}x{height}')
     if ids.max(initial=0) > IGNORE:
       raise errors.UserError(f'mask {f} has id {int(ids.max())} > {IGNORE}; ids are 0 '
                              f'(background), 1..254 (objects) and {IGNORE} (ignore)')
-    masks[t] = ids
-  return masks
+    yield ids.astype(np.uint8)  # a 1-bit PNG ('1') reads as bool: ids 0 and 1
+
+
+def object_ids(ids: np.ndarray) -> list[int]:
+  """The object ids of mask ids [..., H, W] (other than 0 and 255), ascending."""
+  return [int(i) for i in np.unique(ids) if i not in (0, IGNORE)]
 
 
 def instance_channels(ids: np.ndarray) -> np.ndarray:
   """ids uint8 [T, H, W] -> masks uint8 [T, H, W, K] in {0, 1}, one channel per object id
   (ids other than 0 and 255, ascending); K = 1 all-zero channel when there is none."""
-  objects = [i for i in np.unique(ids) if i not in (0, IGNORE)]
+  objects = object_ids(ids)
   if not objects:
     return np.zeros(ids.shape + (1,), np.uint8)
   return np.stack([ids == i for i in objects], axis=-1).astype(np.uint8)
 
 
+def _probe(video: Video, min_frames: int) -> tuple[int, int, int]:
+  """(frames, height, width) of a video decoded frame by frame (none kept)."""
+  num_frames, height, width = 0, 0, 0
+  for frame in iter_frames(video):
+    num_frames, (height, width) = num_frames + 1, frame.shape[:2]
+  if num_frames < min_frames:
+    raise errors.UserError(f'video {video.name!r} ({video.source}) has {num_frames} frames, '
+                           f'fewer than one training clip (config.data.train_clip_len={min_frames})')
+  return num_frames, height, width
+
+
+def _check_masks(video: Video, num_frames: int, height: int, width: int) -> int:
+  """Every mask of a video read and checked; returns how many object ids they hold."""
+  ids, void = set(), False
+  for frame in iter_masks(video, num_frames, height, width):
+    ids.update(object_ids(frame))
+    void = void or bool(np.any(frame == IGNORE))
+  if not ids and void:
+    logging.warning('video_folder: the masks of video %r hold only 0 and %d; %d means '
+                    '"ignore", so the video has no object to score (save object pixels as 1..254)',
+                    video.name, IGNORE, IGNORE)
+  return len(ids)
+
+
+def check_objects(validation: list[Checked], max_objects: int):
+  """Refuses an evaluated video whose masks hold more object ids than the evaluation takes."""
+  for c in validation:
+    if c.num_objects > max_objects:
+      raise errors.UserError(
+          f'the masks of video {c.video.name!r} ({c.video.masks}) hold {c.num_objects} object '
+          f'ids, more than config.data.max_instances={max_objects}; pass '
+          f'--config.data.max_instances={c.num_objects} (or merge ids)')
+
+
 def check(videos: list[Video], min_frames: int, on_bad_video: str) -> list[Checked]:
-  """Decode every video (and its masks) once; bad videos are refused or skipped."""
+  """Decode every video (and its masks) once, frame by frame; bad videos are refused or
+  skipped; masks are checked (never skipped)."""
   if on_bad_video not in BAD_VIDEO_CHOICES:
     raise errors.UserError(f'config.data.video_folder.on_bad_video={on_bad_video!r}; choose '
                            f'one of {BAD_VIDEO_CHOICES}')
   checked = []
   for video in videos:
     try:
-      frames = read_frames(video)
-      if len(frames) < min_frames:
-        raise errors.UserError(f'video {video.name!r} ({video.source}) has {len(frames)} '
-                               f'frames, fewer than one training clip '
-                               f'(config.data.train_clip_len={min_frames})')
+      num_frames, height, width = _probe(video, min_frames)
     except errors.UserError as e:
       if on_bad_video == 'refuse':
         raise errors.UserError(f'{e}; remove it, or pass '
                                '--config.data.video_folder.on_bad_video=skip') from e
       logging.warning('video_folder: skipping %s', e)
       continue
-    num_frames, height, width = frames.shape[:3]
-    if video.masks is not None:
-      read_masks(video, num_frames, height, width)  # masks are never skipped: they are refused
-    checked.append(Checked(video, num_frames, height, width))
+    objects = 0 if video.masks is None else _check_masks(video, num_frames, height, width)
+    checked.append(Checked(video, num_frames, height, width, objects))
   if not checked:
     raise errors.UserError('every video of the folder was skipped; nothing to train on')
   return checked
@@ -195,17 +235,41 @@ def check(videos: list[Video], min_frames: int, on_bad_video: str) -> list[Check
 
 # --------------------------------------------------------------------------- splits
 
+def _manifest_bytes(manifest: str) -> bytes:
+  try:
+    with open(os.path.expanduser(manifest), 'rb') as f:
+      return f.read()
+  except OSError as e:
+    raise errors.UserError(f'config.data.video_folder.manifest={manifest!r} cannot be read: '
+                           f'{video_files.first_line(e)}') from e
+
+
+def _manifest_names(manifest: str) -> tuple[list[str], list[str]]:
+  """(train, validation) video names of a manifest JSON: {"train": [...], "validation": [...]}
+  of names, or of rows with a "name" (the manifest.json a build writes)."""
+  try:
+    given = json.loads(_manifest_bytes(manifest))
+  except ValueError:
+    given = None
+  parts = ((given.get('train'), given.get('validation')) if isinstance(given, dict)
+           else (None, None))
+  names = tuple([row.get('name') if isinstance(row, dict) else row for row in part]
+                if isinstance(part, list) else None for part in parts)
+  if any(part is None or not all(isinstance(n, str) for n in part) for part in names):
+    raise errors.UserError(f'config.data.video_folder.manifest={manifest!r} is not a split: '
+                           'expected JSON {"train": [video names], "validation": [video names]}')
+  return names
+
+
 def split(checked: list[Checked], root: str, manifest: str, fraction: float,
-          davis_resolution: str) -> tuple[list[Checked], list[Checked], str]:
+          skipped: frozenset[str] = frozenset()) -> tuple[list[Checked], list[Checked], str]:
   """(train, validation, convention): by the given manifest, DAVIS's ImageSets/2017 split
   files, or the last ceil(fraction * n) videos in name order (fraction 0: validation is
-  every video, which is also trained on)."""
+  every video, which is also trained on). Names of `skipped` videos are left out, warned."""
   by_name = {c.video.name: c for c in checked}
   sets = pathlib.Path(os.path.expanduser(root)) / 'ImageSets' / '2017'
   if manifest:
-    with open(os.path.expanduser(manifest)) as f:
-      given = json.load(f)
-    names = (given.get('train', []), given.get('validation', []))
+    names = _manifest_names(manifest)
     convention = f'the manifest {manifest}'
   elif _is_davis(pathlib.Path(os.path.expanduser(root))) and (sets / 'train.txt').is_file():
     names = tuple([line.strip() for line in (sets / f'{s}.txt').read_text().splitlines()
@@ -224,11 +288,14 @@ def split(checked: list[Checked], root: str, manifest: str, fraction: float,
     convention = f'the last {count} videos in name order held out (validation_fraction)'
   parts = []
   for part in names:
-    missing = [n for n in part if n not in by_name]
+    missing = [n for n in part if n not in by_name and n not in skipped]
     if missing:
-      raise errors.UserError(f'{convention} names video {missing[0]!r}, which is not in {root} '
-                             '(or was skipped)')
-    parts.append([by_name[n] for n in part])
+      raise errors.UserError(f'{convention} names video {missing[0]!r}, which is not in {root}')
+    left_out = [n for n in part if n in skipped]
+    if left_out:
+      logging.warning('video_folder: %s names skipped video(s) %s; left out', convention,
+                      ', '.join(left_out))
+    parts.append([by_name[n] for n in part if n in by_name])
   if not parts[0] or not parts[1]:
     raise errors.UserError(f'{convention} leaves the train or validation split empty')
   return parts[0], parts[1], convention
@@ -236,15 +303,18 @@ def split(checked: list[Checked], root: str, manifest: str, fraction: float,
 
 # --------------------------------------------------------------------------- changes
 
-def fingerprint(root: str) -> str:
-  """A hash of every file's relative path, size and modification time under `root`."""
+def fingerprint(videos: list[Video], root: str, manifest: str = '') -> str:
+  """A hash of the path, size and modification time of every file the scan reads (video
+  files, frames, masks, DAVIS's split files; links followed) and of the given manifest's
+  contents: other files under `root` (say, a run's workdir) do not count."""
   path = pathlib.Path(os.path.expanduser(root))
-  rows = []
-  for folder, dirs, files in os.walk(path):
-    dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
-    for name in sorted(files):
-      if not name.startswith('.'):
-        stat = os.stat(os.path.join(folder, name))
-        rows.append(f'{os.path.relpath(os.path.join(folder, name), path)}\t{stat.st_size}\t'
-                    f'{stat.st_mtime_ns}')
+  files = sorted((path / 'ImageSets' / '2017').glob('*.txt'))
+  for video in videos:
+    source = pathlib.Path(video.source)
+    files += video_files.frame_files(source) if source.is_dir() else [source]
+    if video.masks is not None:
+      files += video_files.frame_files(pathlib.Path(video.masks))
+  rows = [f'{os.path.relpath(f, path)}\t{f.stat().st_size}\t{f.stat().st_mtime_ns}' for f in files]
+  if manifest:
+    rows.append(f'manifest\t{hashlib.sha256(_manifest_bytes(manifest)).hexdigest()}')
   return hashlib.sha256('\n'.join(rows).encode()).hexdigest()

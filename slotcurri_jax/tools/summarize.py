@@ -8,7 +8,7 @@ settings with the whole config). Runs are grouped by method (slotcurri / slotcon
 "+ssync") and dataset; within a group every setting and config key must agree except the
 seed and where the data is kept (IGNORED), so that a row is one setting over seeds, and a
 difference is refused with the key named. std is the sample standard deviation (n - 1);
-one run has none. FG-ARI and mBO are x 100, as everywhere.
+one run has none; a metric some run lacks is n/a (null in JSON). FG-ARI and mBO are x 100, as everywhere.
 """
 from __future__ import annotations
 
@@ -67,15 +67,22 @@ def check_same_setting(runs: list[dict]) -> None:
         raise errors.UserError(
             f'{first["workdir"]} and {other["workdir"]} ({" on ".join(_row_key(first))}) differ '
             f'in {key}: {a!r} vs {b!r}; a row averages runs that differ only in their seed')
-    seed = first['settings'].get('config.seed')
-    if seed is not None and seed == other['settings'].get('config.seed'):
-      raise errors.UserError(f'{first["workdir"]} and {other["workdir"]} are the same seed '
-                             f'({seed}): give each seed once')
+  seen = {}
+  for run in runs:
+    seed = run['settings'].get('config.seed')
+    if seed in seen:
+      raise errors.UserError(f'{seen[seed]} and {run["workdir"]} are the same seed ({seed}): '
+                             'give each seed once')
+    seen[seed] = run['workdir']
 
 
 def summarize(workdirs: list[str]) -> list[dict]:
   """One row per (method, dataset): n, workdirs and each metric's mean and std."""
   rows: dict[tuple[str, str], list[dict]] = {}
+  resolved = [pathlib.Path(w).resolve() for w in workdirs]
+  twice = [w for i, w in enumerate(workdirs) if resolved[i] in resolved[:i]]
+  if twice:
+    raise errors.UserError(f'{twice[0]} is given twice; give each run once')
   for workdir in workdirs:
     run = load_run(workdir)
     rows.setdefault(_row_key(run), []).append(run)
@@ -86,10 +93,15 @@ def summarize(workdirs: list[str]) -> list[dict]:
     for key in METRICS:
       values = np.asarray([r['metrics'].get(key, math.nan) for r in runs], np.float64)
       std = float(np.std(values, ddof=1)) if len(values) > 1 else None
-      stats[key] = {'mean': float(np.mean(values)), 'std': std}
+      stats[key] = {'mean': _number(np.mean(values)), 'std': None if std is None else _number(std)}
     table.append({'method': method, 'dataset': dataset, 'n': len(runs),
                   'workdirs': [r['workdir'] for r in runs], 'metrics': stats})
   return table
+
+
+def _number(x) -> float | None:
+  """A float, or None for NaN (a metric some run lacks), which JSON cannot hold."""
+  return float(x) if np.isfinite(x) else None
 
 
 def markdown(table: list[dict]) -> str:
@@ -101,7 +113,7 @@ def markdown(table: list[dict]) -> str:
     for key, s in row['metrics'].items():
       digits = 3 if key == 'fragmentation' else 1
       std = '' if s['std'] is None else f' ± {s["std"]:.{digits}f}'
-      cells.append(f'{s["mean"]:.{digits}f}{std}')
+      cells.append('n/a' if s['mean'] is None else f'{s["mean"]:.{digits}f}{std}')
     lines.append(f'| {row["method"]} | {row["dataset"]} | {row["n"]} | ' + ' | '.join(cells)
                  + ' |')
   return '\n'.join(lines)
