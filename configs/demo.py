@@ -3,22 +3,23 @@ r"""The offline demo: synthetic MOVi-like videos, a small CNN encoder, 2 CPU cor
   python -m slotcurri_jax.main --config=configs/demo.py --workdir=/tmp/slotcurri_demo
   python -m slotcurri_jax.main --config=configs/demo.py:slotcontrast --workdir=/tmp/demo_sc
   python -m slotcurri_jax.main --config=configs/demo.py:ssync --workdir=/tmp/demo_ssync
+  python -m slotcurri_jax.main --config=configs/demo.py --config.seed=1 --workdir=/tmp/demo_s1
 
 Generates `synthetic_movi` (64x64, 24 frames, 3-6 objects) into
 ~/tensorflow_datasets on first use, trains 1200 steps with a progress bar, then
 evaluates the 64 validation videos and writes eval/metrics_latest.json, TensorBoard
-logs, checkpoints and mask figures into the workdir (10-15 minutes on our 2 CPU cores
-while a second run shared them, about 2 GB peak RSS). The CNN's reconstruction target is the frame's 8x8 patch pixels
-(an 8x8 grid, D_f = 192), so the slot stack is the papers' at a small size: D_s 64,
-7 slots, decoder 256x3.
+logs, checkpoints and mask figures into the workdir (18-30 minutes on our 2 CPU cores
+while a second run shared them, 10 minutes alone; 1.9-2.3 GB peak RSS). The CNN's
+reconstruction target is the frame's 8x8 patch pixels (an 8x8 grid, D_f = 192), so the
+slot stack is the papers' at a small size: D_s 64, 7 slots, decoder 256x3.
 
-Measured (video FG-ARI / video mBO x 100, fragmentation; README "Results"; the
-seed-to-seed spread is larger than the differences between methods), seeds 0 and 1:
-  slotcurri (default)  24.0 / 14.4, 0.052 and 19.8 / 13.0, 0.022   (cyclic rollout)
-  slotcontrast         22.4 / 14.2, 0.035 and 19.3 / 12.5, 0.016   (forward rollout)
-and seed 0 only since SSync's merge takes the original's tie-break:
-  ssync (tau 0.7)      17.1 /  8.9, 0.017
-  slotcurri_ssync      13.1 /  7.7, 0.003
+Measured over seeds 0, 1, 2 (mean +- sample std; video FG-ARI / video mBO x 100,
+fragmentation; README "Results", made by `python -m slotcurri_jax.tools.summarize`):
+  slotcurri (default)  22.2 +- 2.2 / 14.2 +- 1.1, 0.049   (cyclic rollout)
+  slotcontrast         20.9 +- 1.5 / 13.4 +- 0.8, 0.024   (forward rollout)
+  ssync (tau 0.7)      19.2 +- 2.3 /  9.5 +- 1.2, 0.010
+  slotcurri_ssync      10.0 +- 7.1 /  7.9 +- 1.9, 0.022   (seed 1 collapses: 1.9 / 6.1)
+The seed-to-seed spread is larger than the gap between slotcurri and slotcontrast.
 The papers' numbers are for DINOv2 features on MOVi (configs/movi_c.py), not this demo.
 """
 from slotcurri_jax import config as config_lib

@@ -7,8 +7,9 @@ Reads each WORKDIR's eval/metrics_latest.json (written by evaluate.py: the metri
 settings with the whole config). Runs are grouped by method (slotcurri / slotcontrast, with
 "+ssync") and dataset; within a group every setting and config key must agree except the
 seed and where the data is kept (IGNORED), so that a row is one setting over seeds, and a
-difference is refused with the key named. std is the sample standard deviation (n - 1);
-one run has none; a metric some run lacks is n/a (null in JSON). FG-ARI and mBO are x 100, as everywhere.
+difference is refused with the key named, as is a seed or a workdir given twice. std is the
+sample standard deviation (n - 1); one run has none; a metric some run lacks is n/a (null in
+JSON). FG-ARI and mBO are x 100, as everywhere.
 """
 from __future__ import annotations
 
