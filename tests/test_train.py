@@ -130,7 +130,7 @@ def test_fsdp_all_params_splits_every_matrix_and_keeps_the_losses():
       assert 'fsdp' not in spec, jax.tree_util.keystr(path)
 
 
-# 'ssync' (SSync on SlotContrast, 15-20 s) is slow: the SSync trajectory replay trains it.
+# 'ssync' (SSync on SlotContrast, 23 s with a cold cache) is slow: the SSync trajectory replay trains it.
 @pytest.mark.parametrize('variant', ['slotcontrast', pytest.param('ssync', marks=pytest.mark.slow),
                                      'slotcurri_ssync'])
 def test_variants_train_one_step(variant):
