@@ -314,7 +314,8 @@ def fingerprint(videos: list[Video], root: str, manifest: str = '') -> str:
     files += video_files.frame_files(source) if source.is_dir() else [source]
     if video.masks is not None:
       files += video_files.frame_files(pathlib.Path(video.masks))
-  rows = [f'{os.path.relpath(f, path)}\t{f.stat().st_size}\t{f.stat().st_mtime_ns}' for f in files]
+  rows = [f'{os.path.relpath(f, path)}\t{st.st_size}\t{st.st_mtime_ns}'
+          for f, st in ((f, f.stat()) for f in files)]
   if manifest:
     rows.append(f'manifest\t{hashlib.sha256(_manifest_bytes(manifest)).hexdigest()}')
   return hashlib.sha256('\n'.join(rows).encode()).hexdigest()
